@@ -1,0 +1,198 @@
+"""`compress`: the L² pipeline from a model and unlabelled calibration inputs to a finished artifact.
+
+Stages: plan every state_dict entry (coded or stored) → derive the bit budget from the target true-file ratio →
+initialise transforms near that budget → alternate transform / weight optimization → land the exact file size
+→ decode through the canonical T⁻¹ → BatchNorm recalibration (kept only if it helps) → evaluate the decoded
+model on held-out samples.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+
+import numpy as np
+import torch
+
+from compression_core.config import CompressionConfig, ConfigError
+from compression_core.model_io import Inputs, batches, call_model, float_outputs, num_samples, select, to_device
+from compression_core.progress import CancelCheck, ProgressCallback
+from compression_core.records import ArtifactContents, CodedTensor
+from compression_core.recon.batchnorm import has_batchnorm, recalibrate_batchnorm
+from compression_core.recon.budget import Budget, UnreachableTargetError, measure_file_bytes
+from compression_core.recon.finalize import build_contents, dtype_name, fit_target
+from compression_core.recon.losses import distillation_distance
+from compression_core.recon.schedule import Reporter, run_schedule
+from compression_core.recon.state import QuantizedState
+from compression_core.report import RunSummary, layer_report, original_bytes
+from compression_core.result import CompressionResult
+from compression_core.transforms import plan_tensor
+from compression_core.transforms.levels import decode_symbols
+
+log = logging.getLogger(__name__)
+_SIDE_REFRESH_EVERY = 25
+# Bits per weight never start below this: the hinge brings layers down where they can afford it.
+_MIN_INIT_BITS = 1.5
+
+
+def split_indices(n: int, holdout_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic split of sample indices into (optimization, held-out). Held-out samples are only used to
+    report the decoded model's fidelity, never to optimize."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
+    holdout = int(round(n * holdout_fraction)) if n >= 10 else 0
+    return perm[holdout:].sort().values, perm[:holdout].sort().values
+
+
+def decode_state_dict(contents: ArtifactContents, original: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights a user decodes from the file: coded entries through the canonical T⁻¹, stored ones
+    as written. Equal bit for bit to what `load_l2` returns."""
+    out = {}
+    for record in contents.records:
+        ref = original[record.name]
+        if isinstance(record, CodedTensor):
+            values = decode_symbols(record.kind, record.params, record.symbols, record.shape)
+            out[record.name] = torch.from_numpy(np.ascontiguousarray(values)).to(ref.dtype)
+        else:
+            raw = np.frombuffer(record.data, dtype=np.uint8).copy()
+            out[record.name] = torch.from_numpy(raw).view(ref.dtype).reshape(record.shape).clone()
+    return out
+
+
+def _distance_on(model, reference_outputs, inputs: Inputs, batch_size: int, device) -> float:
+    with torch.no_grad():
+        student = [float_outputs(call_model(model, to_device(b, device))) for b in batches(inputs, batch_size)]
+        cat = [torch.cat(parts) for parts in zip(*student, strict=True)]
+        return float(distillation_distance(cat, reference_outputs))
+
+
+def _reference_outputs(model, inputs: Inputs, batch_size: int, device) -> list[torch.Tensor]:
+    with torch.no_grad():
+        parts = [float_outputs(call_model(model, to_device(b, device))) for b in batches(inputs, batch_size)]
+        return [torch.cat(p) for p in zip(*parts, strict=True)]
+
+
+def compress(model: torch.nn.Module, calibration: Inputs, target_ratio: float, *,
+             config: CompressionConfig | None = None, progress: ProgressCallback | None = None,
+             should_cancel: CancelCheck | None = None, device: str | torch.device = "cpu") -> CompressionResult:
+    """Compress ``model`` so that its `.l2` file is ``target_ratio`` times smaller than its fp32 tensors.
+
+    ``calibration`` holds unlabelled model inputs (tensor, tuple or dict with a shared sample dimension).
+    Raises `ConfigError` for invalid options, `UnreachableTargetError` when the target cannot be met,
+    `CompressionCanceled` when ``should_cancel`` returns True. The model itself is not modified.
+    """
+    started = time.monotonic()
+    config = config or CompressionConfig()
+    if not (target_ratio > 1.0 and np.isfinite(target_ratio)):
+        raise ConfigError(f"target_ratio={target_ratio!r} is invalid: must be a finite number > 1")
+    device = torch.device(device)
+    torch.manual_seed(config.seed)
+    n = num_samples(calibration)
+    train_idx, holdout_idx = split_indices(n, config.holdout_fraction, config.seed)
+    train_inputs = select(calibration, train_idx)
+
+    original_sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    work = copy.deepcopy(model).float().eval().to(device)
+    for p in work.parameters():
+        p.requires_grad_(False)
+    param_names = {name for name, _ in work.named_parameters()}
+    work_sd = work.state_dict()
+    plans = [plan_tensor(name, work_sd[name], name in param_names, config) for name in original_sd]
+
+    total_original = sum(original_bytes((k, dtype_name(v), v.numel())) for k, v in original_sd.items())
+    stored_bytes = sum(original_sd[p.name].numel() * original_sd[p.name].element_size() for p in plans if p.kind is None)
+    coded_numel = sum(original_sd[p.name].numel() for p in plans if p.kind is not None)
+    budget = Budget(total_original, target_ratio, stored_bytes, coded_numel)
+    name_bytes = sum(len(p.name.encode()) for p in plans) + 32 * len(plans)
+    init_side = budget.side_bytes(name_bytes, 0, 0)
+    init_bits = budget.payload_bits(init_side) / max(1, coded_numel)
+    if coded_numel and init_bits <= 0:
+        raise UnreachableTargetError(
+            f"target ratio {target_ratio} leaves {budget.target_file_bytes:.0f} bytes, but stored tensors and "
+            f"headers alone take about {init_side:.0f} bytes; lower the target ratio"
+        )
+    state = QuantizedState({k: work_sd[k] for k in original_sd}, plans, config,
+                           bits_per_weight=max(init_bits, _MIN_INIT_BITS)).to(device)
+
+    cache = {"step": 0, "value": init_side}
+
+    def side_bytes() -> float:
+        if cache["step"] % _SIDE_REFRESH_EVERY == 0:
+            with torch.no_grad():
+                levels = 0
+                for _, w, t in state.items():
+                    m = t(w)
+                    if m.numel():
+                        levels += int(torch.round(m.max()) - torch.round(m.min())) + 1
+                params = sum(p.numel() for p in state.transform_parameters())
+            cache["value"] = budget.side_bytes(name_bytes, params, levels)
+        cache["step"] += 1
+        return cache["value"]
+
+    iterations = config.rounds * (config.transform_iters + config.weight_iters)
+    reporter = Reporter(iterations, progress, should_cancel)
+    reporter.emit("start", 0, 0.0, message=f"{len(state.names)} coded tensors, {coded_numel} weights, "
+                  f"{init_bits:.3f} bits/weight budget")
+    if state.names and iterations:
+        run_schedule(work, state, train_inputs, config, budget, side_bytes, reporter, device)
+
+    reporter.check_cancel()
+    reporter.emit("finalize", iterations, 0.91, message="landing the exact file size")
+    contents, file_bytes, log_alpha = fit_target(
+        state, lambda: build_contents(state, original_sd), measure_file_bytes,
+        budget.target_file_bytes, config.ratio_tolerance,
+    )
+    decoded = decode_state_dict(contents, original_sd)
+
+    reporter.check_cancel()
+    decoded_model, bn_note = _maybe_recalibrate(model, decoded, train_inputs, config, device, reporter)
+    if bn_note.get("kept"):
+        recal = {k: v for k, v in decoded_model.state_dict().items() if k in decoded and not _is_coded(contents, k)}
+        contents = build_contents(state, original_sd, stored_overrides=recal)
+        decoded = decode_state_dict(contents, original_sd)
+
+    reporter.emit("evaluate", iterations, 0.97, message="evaluating the decoded model on held-out samples")
+    evaluation = _evaluate(model, decoded_model, calibration, holdout_idx, config, device)
+    evaluation["batchnorm_recalibration"] = bn_note
+    evaluation["ratio_controller_log_alpha"] = log_alpha
+
+    layers = [layer_report(r) for r in contents.records]
+    summary = RunSummary(target_ratio=target_ratio, original_bytes=total_original, estimated_file_bytes=file_bytes,
+                         seconds=time.monotonic() - started)
+    reporter.emit("done", iterations, 1.0, estimated_ratio=total_original / file_bytes)
+    return CompressionResult(contents, decoded, layers, summary, reporter.history, evaluation)
+
+
+def _is_coded(contents: ArtifactContents, name: str) -> bool:
+    return any(isinstance(r, CodedTensor) and r.name == name for r in contents.records)
+
+
+def _maybe_recalibrate(model, decoded, train_inputs, config, device, reporter):
+    """Load the decoded weights into a copy of the model; re-estimate BN statistics when that lowers the
+    distillation distance on the optimization samples (never on held-out samples)."""
+    candidate = copy.deepcopy(model).float().eval().to(device)
+    candidate.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in decoded.items()})
+    if not (config.bn_recalibration and has_batchnorm(candidate)):
+        return candidate, {"applied": False, "kept": False}
+    reporter.emit("bn_recalibration", 0, 0.94, message="re-estimating BatchNorm statistics")
+    reference = copy.deepcopy(model).float().eval().to(device)
+    probe = select(train_inputs, slice(0, min(num_samples(train_inputs), 512)))
+    ref_out = _reference_outputs(reference, probe, config.batch_size, device)
+    before = _distance_on(candidate, ref_out, probe, config.batch_size, device)
+    recal = copy.deepcopy(candidate)
+    recalibrate_batchnorm(recal, train_inputs, config.batch_size, device)
+    after = _distance_on(recal, ref_out, probe, config.batch_size, device)
+    kept = after < before
+    return (recal if kept else candidate), {"applied": True, "kept": kept, "distance_before": before,
+                                           "distance_after": after}
+
+
+def _evaluate(model, decoded_model, calibration, holdout_idx, config, device) -> dict:
+    if holdout_idx.numel() == 0:
+        return {"holdout_samples": 0}
+    from compression_core.evaluation import compare_models
+
+    reference = copy.deepcopy(model).float().eval().to(device)
+    holdout = select(calibration, holdout_idx)
+    metrics = compare_models(reference, decoded_model, holdout, batch_size=config.batch_size, device=device)
+    return {"holdout_samples": int(holdout_idx.numel()), **metrics}

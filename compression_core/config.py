@@ -1,0 +1,94 @@
+"""Configuration of one compression run: a frozen, validated value object (invalid values raise
+`ConfigError` with the field name and what is allowed)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+KERNELS = ("cosine", "linear", "triangle")
+CONFIG_VERSION = 1
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; the message names the field and the allowed values."""
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """Knobs of the L² optimizer. Defaults suit small and mid-sized CNNs on a CPU.
+
+    ``transform``: default kind for weight tensors (ndim ≥ 2); ``transform_overrides`` maps fnmatch-style
+    name patterns (e.g. ``"classifier.*"``) to a kind, first match wins. 1-D float parameters (biases, norm
+    scales) always use ``linear``; float buffers (BN running statistics) and integer tensors are stored exactly.
+    ``rounds`` alternations of ``transform_iters`` (transform parameters + rate term) and ``weight_iters``
+    (latent weights + rate term), each iteration on one calibration batch of ``batch_size``.
+    ``rate_weight`` is λ of the normalised hinge λ·ReLU(S − B)/B.
+    ``holdout_fraction`` of the calibration samples is never used for optimization, only to report accuracy.
+    """
+
+    transform: str = "prune_quant"
+    transform_overrides: tuple[tuple[str, str], ...] = ()
+    per_channel: bool = False
+    kernel: str = "cosine"
+    resolution: float = 64.0
+    rounds: int = 3
+    transform_iters: int = 100
+    weight_iters: int = 100
+    batch_size: int = 32
+    transform_lr: float = 1e-2
+    weight_lr: float = 1e-4
+    rate_weight: float = 10.0
+    init_bits: float = 6.0
+    feature_modules: tuple[str, ...] = ()
+    feature_weight: float = 1.0
+    bn_recalibration: bool = True
+    holdout_fraction: float = 0.2
+    min_coded_numel: int = 64
+    ratio_tolerance: float = 0.01
+    seed: int = 0
+    version: int = CONFIG_VERSION
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        from compression_core.transforms.levels import TRANSFORM_KINDS
+
+        def need(ok: bool, name: str, allowed: str) -> None:
+            if not ok:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: {allowed}")
+
+        need(self.transform in TRANSFORM_KINDS, "transform", f"one of {TRANSFORM_KINDS}")
+        for pattern, kind in self.transform_overrides:
+            if kind not in TRANSFORM_KINDS:
+                raise ConfigError(f"transform_overrides[{pattern!r}]={kind!r} is invalid: one of {TRANSFORM_KINDS}")
+        need(self.kernel in KERNELS, "kernel", f"one of {KERNELS}")
+        need(self.resolution > 0, "resolution", "must be > 0")
+        need(self.rounds >= 0, "rounds", "must be ≥ 0")
+        need(self.transform_iters >= 0, "transform_iters", "must be ≥ 0")
+        need(self.weight_iters >= 0, "weight_iters", "must be ≥ 0")
+        need(self.batch_size >= 1, "batch_size", "must be ≥ 1")
+        need(self.transform_lr > 0, "transform_lr", "must be > 0")
+        need(self.weight_lr >= 0, "weight_lr", "must be ≥ 0")
+        need(self.rate_weight >= 0, "rate_weight", "must be ≥ 0")
+        need(1.0 <= self.init_bits <= 16.0, "init_bits", "must be in [1, 16]")
+        need(0.0 <= self.holdout_fraction < 1.0, "holdout_fraction", "must be in [0, 1)")
+        need(self.min_coded_numel >= 1, "min_coded_numel", "must be ≥ 1")
+        need(0.0 < self.ratio_tolerance < 0.5, "ratio_tolerance", "must be in (0, 0.5)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> CompressionConfig:
+        """Build from JSON-like values (lists become tuples); unknown keys raise `ConfigError`."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"unknown option(s) {sorted(unknown)}; known: {sorted(known - {'extra', 'version'})}")
+        fixed = dict(values)
+        if "transform_overrides" in fixed:
+            items = fixed["transform_overrides"]
+            items = items.items() if isinstance(items, dict) else items
+            fixed["transform_overrides"] = tuple((str(p), str(k)) for p, k in items)
+        if "feature_modules" in fixed:
+            fixed["feature_modules"] = tuple(fixed["feature_modules"])
+        return cls(**fixed)

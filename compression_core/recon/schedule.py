@@ -1,0 +1,142 @@
+"""The alternating optimization of L² (paper Sec. 5, method notes "Training schedule").
+
+Each round runs ``transform_iters`` steps on the transform parameters, then ``weight_iters`` steps on the
+latent weights, both minimising  D(student, teacher) + λ·ReLU(S − B)/B  on random calibration batches. The
+model stays in eval mode throughout (BN uses the original statistics, dropout is off), so the loss is
+deterministic for a fixed seed on CPU; BN statistics are re-estimated afterwards (`batchnorm.py`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch.func import functional_call
+
+from compression_core.config import CompressionConfig
+from compression_core.model_io import Inputs, call_model, float_outputs, num_samples, select, to_device
+from compression_core.progress import CancelCheck, CompressionCanceled, ProgressCallback, ProgressEvent
+from compression_core.recon.budget import Budget
+from compression_core.recon.capture import FeatureCapture
+from compression_core.recon.losses import distillation_distance
+from compression_core.recon.state import QuantizedState
+
+# Teacher outputs are cached for all optimization samples when they fit in this many elements.
+TEACHER_CACHE_ELEMENTS = 50_000_000
+
+
+@dataclass
+class Reporter:
+    """Forwards progress to the caller's callback, checks for cancellation, keeps a loss history."""
+
+    total_iterations: int
+    progress: ProgressCallback | None = None
+    should_cancel: CancelCheck | None = None
+    history: list[dict] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    def check_cancel(self) -> None:
+        if self.should_cancel is not None and self.should_cancel():
+            raise CompressionCanceled("compression canceled by request")
+
+    def emit(self, phase: str, iteration: int, fraction: float, losses: dict | None = None,
+             estimated_ratio: float | None = None, message: str = "") -> None:
+        if losses is not None:
+            self.history.append({"phase": phase, "iteration": iteration, **losses,
+                                 "estimated_ratio": estimated_ratio})
+        if self.progress is not None:
+            self.progress(ProgressEvent(phase, iteration, self.total_iterations, min(1.0, fraction),
+                                        losses or {}, estimated_ratio, message))
+
+
+class Teacher:
+    """Outputs of the original model for calibration samples, cached when small enough."""
+
+    def __init__(self, model: torch.nn.Module, inputs: Inputs, device: torch.device, batch_size: int,
+                 capture: FeatureCapture | None) -> None:
+        self.model, self.inputs, self.device, self.capture = model, inputs, device, capture
+        self.cache: list[torch.Tensor] | None = None
+        if capture is None:
+            probe = self._run(select(inputs, slice(0, 1)))
+            per_sample = sum(t.numel() for t in probe)
+            if per_sample * num_samples(inputs) <= TEACHER_CACHE_ELEMENTS:
+                n = num_samples(inputs)
+                parts = [self._run(select(inputs, slice(i, min(n, i + batch_size))))
+                         for i in range(0, n, batch_size)]
+                self.cache = [torch.cat(chunks) for chunks in zip(*parts, strict=True)]
+
+    @torch.no_grad()
+    def _run(self, batch: Inputs) -> list[torch.Tensor]:
+        if self.capture is None:
+            return float_outputs(call_model(self.model, to_device(batch, self.device)))
+        with self.capture.active() as cap:
+            outs = float_outputs(call_model(self.model, to_device(batch, self.device)))
+        return outs + cap.features
+
+    def outputs(self, index: torch.Tensor) -> list[torch.Tensor]:
+        if self.cache is not None:
+            return [t[index.to(t.device)] for t in self.cache]
+        return self._run(select(self.inputs, index))
+
+
+def _student_outputs(model, params: dict[str, torch.Tensor], batch: Inputs, device,
+                     capture: FeatureCapture | None) -> list[torch.Tensor]:
+    batch = to_device(batch, device)
+    if capture is None:
+        return float_outputs(functional_call(model, params, _as_args(batch), _as_kwargs(batch)))
+    with capture.active() as cap:
+        outs = float_outputs(functional_call(model, params, _as_args(batch), _as_kwargs(batch)))
+    return outs + cap.features
+
+
+def _as_args(batch: Inputs) -> tuple:
+    if isinstance(batch, torch.Tensor):
+        return (batch,)
+    return () if isinstance(batch, dict) else tuple(batch)
+
+
+def _as_kwargs(batch: Inputs) -> dict:
+    return dict(batch) if isinstance(batch, dict) else {}
+
+
+def run_schedule(model: torch.nn.Module, state: QuantizedState, inputs: Inputs, config: CompressionConfig,
+                 budget: Budget, side_bytes: Callable[[], float], reporter: Reporter,
+                 device: torch.device, fraction_span: tuple[float, float] = (0.0, 0.9)) -> None:
+    """Optimize ``state`` in place. ``side_bytes()`` re-estimates the non-payload bytes of the file."""
+    n = num_samples(inputs)
+    capture = FeatureCapture(model, config.feature_modules) if config.feature_modules else None
+    teacher = Teacher(model, inputs, device, config.batch_size, capture)
+    gen = torch.Generator().manual_seed(config.seed)
+    transform_opt = torch.optim.Adam(state.transform_parameters(), lr=config.transform_lr)
+    weight_groups = state.weight_param_groups(config.weight_lr)
+    weight_opt = torch.optim.Adam(weight_groups, lr=config.weight_lr) if weight_groups else None
+    total = max(1, reporter.total_iterations)
+    step = 0
+    report_every = max(1, total // 200)
+    for round_index in range(config.rounds):
+        phases = [("transform", config.transform_iters, transform_opt),
+                  ("weights", config.weight_iters if weight_opt else 0, weight_opt)]
+        for phase, iters, optimizer in phases:
+            for it in range(iters):
+                reporter.check_cancel()
+                index = torch.randint(0, n, (min(config.batch_size, n),), generator=gen)
+                target = teacher.outputs(index)
+                quantized, rate = state.quantized_and_rate()
+                student = _student_outputs(model, quantized, select(inputs, index), device, capture)
+                distortion = distillation_distance(student, target)
+                side = side_bytes()
+                bits_budget = budget.payload_bits(side)
+                hinge = torch.relu(rate - bits_budget) / max(bits_budget, 1.0)
+                loss = distortion + config.rate_weight * hinge
+                state.zero_grad(set_to_none=True)  # both groups: the idle one must not accumulate
+                loss.backward()
+                optimizer.step()
+                step += 1
+                if it % report_every == 0 or it == iters - 1:
+                    losses = {"distortion": distortion.item(), "rate_bits_per_weight": rate.item() / max(1, budget.coded_numel),
+                              "budget_bits_per_weight": bits_budget / max(1, budget.coded_numel), "total": loss.item(),
+                              "round": round_index}
+                    frac = fraction_span[0] + (fraction_span[1] - fraction_span[0]) * step / total
+                    reporter.emit(phase, step, frac, losses, budget.estimated_ratio(side, rate.item()))

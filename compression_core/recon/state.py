@@ -1,0 +1,68 @@
+"""The trainable state of a compression run: per coded tensor a latent weight and a transform.
+
+`QuantizedState` maps state_dict names to (latent weight, transform) and produces, for one forward pass, the
+quantized tensors ŵ = T⁻¹(⌊T(w)⌉) (training-time, with STE) and the differentiable rate S (bits).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from compression_core.config import CompressionConfig
+from compression_core.entropy import entropy_bits
+from compression_core.transforms import TensorPlan, Transform, make_transform, round_ste
+
+
+class QuantizedState(nn.Module):
+    """Latent weights (``latents``) and transforms (``transforms``) of every coded tensor, in state_dict order.
+    ModuleDict keys cannot contain dots, so entries are indexed by position and `names` maps back."""
+
+    def __init__(self, originals: dict[str, torch.Tensor], plans: list[TensorPlan], config: CompressionConfig,
+                 bits_per_weight: float) -> None:
+        super().__init__()
+        self.config = config
+        self.names: list[str] = []
+        self.latents = nn.ParameterList()
+        self.transforms = nn.ModuleList()
+        for plan in plans:
+            if plan.kind is None:
+                continue
+            w = originals[plan.name].detach().float().clone()
+            # Biases and norm scales are few but sensitive: start them finer than the weights.
+            bits = bits_per_weight if plan.kind != "linear" or w.dim() >= 2 else max(bits_per_weight + 4, 8.0)
+            self.names.append(plan.name)
+            self.latents.append(nn.Parameter(w, requires_grad=plan.learnable))
+            self.transforms.append(make_transform(plan.kind, w, per_channel=self.config.per_channel, bits=bits))
+
+    def items(self) -> list[tuple[str, torch.Tensor, Transform]]:
+        return list(zip(self.names, self.latents, self.transforms, strict=True))
+
+    def quantized_and_rate(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """ŵ = T⁻¹(⌊T(w)⌉) for every coded tensor and the differentiable total entropy S in bits, sharing
+        one evaluation of T(w) per tensor."""
+        quantized: dict[str, torch.Tensor] = {}
+        rate = self.latents[0].new_zeros(()) if len(self.latents) else torch.zeros(())
+        for name, w, t in self.items():
+            codes = t(w)
+            quantized[name] = t.inverse(round_ste(codes), w)
+            rate = rate + entropy_bits(codes, self.config.kernel, self.config.resolution)
+        return quantized, rate
+
+    def transform_parameters(self) -> list[nn.Parameter]:
+        return list(self.transforms.parameters())
+
+    def weight_param_groups(self, relative_lr: float) -> list[dict]:
+        """One Adam group per latent tensor with a learning rate relative to its RMS, so that tensors of any
+        scale move a similar fraction of a quantization step per iteration."""
+        groups = []
+        for w in self.latents:
+            if not w.requires_grad:
+                continue
+            rms = float(w.detach().pow(2).mean().sqrt()) if w.numel() else 0.0
+            groups.append({"params": [w], "lr": relative_lr * max(rms, 1e-8)})
+        return groups
+
+    def rescale(self, log_factor: float) -> None:
+        for t in self.transforms:
+            t.rescale(log_factor)

@@ -1,0 +1,138 @@
+"""compress(): true-file ratios land on target, decoded weights keep accuracy, every tensor is accounted for."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from compression_core import CompressionCanceled, CompressionConfig, ConfigError, compress, load_l2, zoo
+from compression_core.records import CodedTensor, StoredTensor
+from compression_core.recon.budget import UnreachableTargetError
+
+FAST = CompressionConfig(rounds=1, transform_iters=40, weight_iters=40, batch_size=64)
+
+
+@pytest.mark.parametrize("target", [5.0, 10.0, 15.0, 20.0, 25.0])
+def test_true_file_ratio_lands_within_3_percent_and_decodes_bit_exact(digits, tmp_path, target):
+    model, split = digits
+    result = compress(model, split.train_x[:400], target, config=FAST)
+    path = tmp_path / "m.l2"
+    summary = result.write(path)
+    true_ratio = summary.original_bytes / path.stat().st_size
+    assert abs(true_ratio / target - 1.0) <= 0.03
+    decoded = load_l2(path)
+    assert list(decoded) == list(model.state_dict())
+    for name, tensor in result.state_dict.items():
+        assert decoded[name].dtype == tensor.dtype
+        assert torch.equal(decoded[name], tensor), name
+
+
+def test_10x_keeps_test_accuracy_within_0_3_points(digits):
+    model, split = digits
+    fp32 = zoo.accuracy(model, split.test_x, split.test_y)
+    result = compress(model, split.train_x[:512], 10.0, config=CompressionConfig(rounds=2, transform_iters=80, weight_iters=80))
+    decoded = zoo.DigitsCNN()
+    decoded.load_state_dict(result.state_dict)
+    assert zoo.accuracy(decoded, split.test_x, split.test_y) >= fp32 - 0.003
+    assert result.evaluation["holdout_samples"] > 0
+
+
+def test_every_state_dict_entry_is_coded_or_stored_and_counted(digits):
+    model, split = digits
+    result = compress(model, split.train_x[:200], 8.0, config=FAST)
+    sd = model.state_dict()
+    names = [r.name for r in result.contents.records]
+    assert names == list(sd)
+    kinds = {r.name: type(r) for r in result.contents.records}
+    assert kinds["features.0.weight"] is CodedTensor
+    assert kinds["features.1.running_var"] is StoredTensor
+    assert kinds["features.1.num_batches_tracked"] is StoredTensor
+    expected_original = sum(4 * t.numel() if t.is_floating_point() else 8 * t.numel() for t in sd.values())
+    assert result.summary.original_bytes == expected_original
+    for layer in result.layers:
+        if layer.mode == "coded":
+            assert layer.levels >= 1 and layer.bit_width == pytest.approx(np.log2(layer.levels))
+            assert 0.0 <= layer.sparsity <= 1.0 and layer.entropy_bits <= layer.bit_width + 1e-9
+
+
+def test_same_seed_gives_identical_artifact_on_cpu(digits):
+    model, split = digits
+    cfg = CompressionConfig(rounds=1, transform_iters=10, weight_iters=10, seed=3)
+    a = compress(model, split.train_x[:128], 10.0, config=cfg)
+    b = compress(model, split.train_x[:128], 10.0, config=cfg)
+    for ra, rb in zip(a.contents.records, b.contents.records, strict=True):
+        if isinstance(ra, CodedTensor):
+            assert np.array_equal(ra.symbols, rb.symbols) and ra.params.keys() == rb.params.keys()
+            for k in ra.params:
+                assert np.array_equal(ra.params[k], rb.params[k])
+        else:
+            assert ra.data == rb.data
+
+
+def test_progress_reports_phases_and_cancel_stops_the_run(digits):
+    model, split = digits
+    events = []
+    compress(model, split.train_x[:64], 10.0, config=CompressionConfig(rounds=1, transform_iters=5, weight_iters=5),
+             progress=events.append)
+    phases = [e.phase for e in events]
+    assert {"start", "transform", "weights", "finalize", "done"} <= set(phases)
+    assert events[-1].fraction == 1.0
+    assert all(0.0 <= e.fraction <= 1.0 for e in events)
+    calls = []
+
+    def cancel_after_three():
+        calls.append(1)
+        return len(calls) > 3
+
+    with pytest.raises(CompressionCanceled):
+        compress(model, split.train_x[:64], 10.0, config=FAST, should_cancel=cancel_after_three)
+
+
+def test_original_model_is_not_modified(digits):
+    model, split = digits
+    before = copy.deepcopy(model.state_dict())
+    compress(model, split.train_x[:64], 10.0, config=CompressionConfig(rounds=1, transform_iters=3, weight_iters=3))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_unreachable_target_and_bad_options_raise_clear_errors(digits):
+    model, split = digits
+    with pytest.raises(UnreachableTargetError, match="lower the target ratio"):
+        compress(model, split.train_x[:32], 5000.0, config=FAST)
+    with pytest.raises(ConfigError, match="target_ratio"):
+        compress(model, split.train_x[:32], 0.5)
+    with pytest.raises(ConfigError, match="kernel"):
+        CompressionConfig(kernel="gauss")
+    with pytest.raises(ConfigError, match="unknown option"):
+        CompressionConfig.from_dict({"iterations": 3})
+
+
+class TwoInputs(nn.Module):
+    """Dict inputs and a dict output, like a transformer head."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(16, 32)
+        self.b = nn.Linear(8, 32)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x, y):
+        h = torch.relu(self.a(x) + self.b(y))
+        return {"logits": self.head(h), "hidden": h, "mask": x > 0}
+
+
+@pytest.mark.parametrize("kind", ["linear", "prune_quant", "log", "exp"])
+def test_dict_inputs_and_outputs_work_for_every_transform(kind, tmp_path):
+    torch.manual_seed(0)
+    model = TwoInputs().eval()
+    inputs = {"x": torch.randn(96, 16), "y": torch.randn(96, 8)}
+    result = compress(model, inputs, 6.0, config=CompressionConfig(transform=kind, rounds=1, transform_iters=15,
+                                                                  weight_iters=15, per_channel=kind == "log"))
+    path = tmp_path / "two.l2"
+    summary = result.write(path)
+    assert abs(summary.true_ratio / 6.0 - 1.0) <= 0.03
+    assert result.contents.records[0].kind == kind
+    assert result.evaluation["holdout_samples"] > 0
