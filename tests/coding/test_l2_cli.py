@@ -1,0 +1,61 @@
+"""`l2 inspect` and `l2 decompress` through the command-line entry point."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import assert_bit_exact
+from safetensors.torch import load_file
+
+from compression_core.cli import main
+from compression_core.coding import write_l2
+
+
+@pytest.fixture
+def artifact(tmp_path, sample_contents):
+    path = tmp_path / "model.l2"
+    write_l2(sample_contents, path)
+    return path
+
+
+def test_inspect_prints_tensors_and_totals(artifact, capsys):
+    assert main(["inspect", str(artifact)]) == 0
+    out = capsys.readouterr().out
+    assert "conv.weight" in out and "prune_quant" in out and "stored" in out
+    assert "file bytes" in out and f"{artifact.stat().st_size:,}" in out
+    assert "source_digest" in out
+
+
+def test_inspect_json_totals_add_up(artifact, capsys):
+    assert main(["inspect", str(artifact), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    t = info["totals"]
+    assert (
+        t["file_bytes"]
+        == artifact.stat().st_size
+        == sum(
+            t[k] for k in ("header_bytes", "manifest_bytes", "checks_bytes", "payload_bytes", "trailer_bytes")
+        )
+    )
+    assert [x["name"] for x in info["tensors"]][0] == "conv.weight"
+    assert info["metadata"]["target_ratio"] == 10.0
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_decompress_writes_bit_exact_weights(artifact, tmp_path, sample_contents, suffix):
+    out = tmp_path / f"weights{suffix}"
+    assert main(["decompress", str(artifact), str(out)]) == 0
+    state = load_file(out) if suffix == ".safetensors" else torch.load(out, weights_only=True)
+    assert_bit_exact({r.name: state[r.name] for r in sample_contents.records}, sample_contents)
+
+
+def test_decompress_refuses_unknown_suffix_and_bad_files(artifact, tmp_path, capsys):
+    assert main(["decompress", str(artifact), str(tmp_path / "w.bin")]) == 2
+    bad = tmp_path / "bad.l2"
+    bad.write_bytes(b"PK\x03\x04 not an l2 file")
+    assert main(["decompress", str(bad), str(tmp_path / "w.pt")]) == 1
+    assert main(["inspect", str(bad)]) == 1
+    assert "not an .l2 file" in capsys.readouterr().err
+    assert not (tmp_path / "w.pt").exists()

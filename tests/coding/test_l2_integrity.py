@@ -1,0 +1,111 @@
+"""A truncated, corrupted or foreign file raises `L2FormatError`, never returns weights: every single-byte
+corruption and every truncation of a small sample file is tried."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+
+from compression_core.coding import L2FormatError, decode_contents, encode_l2, load_l2, read_manifest
+from compression_core.coding import values as values_module
+
+
+@pytest.fixture
+def sample_bytes(sample_contents) -> bytes:
+    data = encode_l2(sample_contents, created=1_700_000_000)
+    assert 200 < len(data) < 4000
+    return data
+
+
+def test_every_single_byte_corruption_is_detected(tmp_path, sample_bytes):
+    path = tmp_path / "bad.l2"
+    for pos in range(len(sample_bytes)):
+        corrupted = bytearray(sample_bytes)
+        corrupted[pos] ^= 0xFF
+        path.write_bytes(corrupted)
+        with pytest.raises(L2FormatError):
+            load_l2(path)
+            pytest.fail(f"corruption at byte {pos} went unnoticed")
+
+
+def test_every_truncation_is_detected(tmp_path, sample_bytes):
+    path = tmp_path / "short.l2"
+    for length in range(len(sample_bytes)):
+        path.write_bytes(sample_bytes[:length])
+        with pytest.raises(L2FormatError):
+            load_l2(path)
+            pytest.fail(f"truncation to {length} bytes went unnoticed")
+        if length >= 32:  # beyond the header, the manifest reader must notice too
+            with pytest.raises(L2FormatError, match="truncated"):
+                read_manifest(path)
+
+
+def test_appended_bytes_are_detected(tmp_path, sample_bytes):
+    path = tmp_path / "long.l2"
+    path.write_bytes(sample_bytes + b"\0")
+    with pytest.raises(L2FormatError, match="longer"):
+        load_l2(path)
+
+
+def _zip_bytes() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("data.pkl", b"not a model")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"\x89",
+        b"hello world, I am text\n" * 4,
+        _zip_bytes(),
+        np.random.default_rng(0).bytes(5000),
+        b"\x89L2Z\r\n\x1a\n",
+    ],
+    ids=["empty", "one-byte", "text", "zip", "random", "magic-only"],
+)
+def test_foreign_files_are_refused(tmp_path, content):
+    path = tmp_path / "foreign.l2"
+    path.write_bytes(content)
+    for reader in (load_l2, read_manifest, decode_contents):
+        with pytest.raises(L2FormatError):
+            reader(path)
+
+
+def test_newer_format_version_says_to_upgrade(tmp_path, sample_bytes):
+    data = bytearray(sample_bytes)
+    struct.pack_into("<H", data, 8, 2)
+    (tmp_path / "v2.l2").write_bytes(data)
+    with pytest.raises(L2FormatError, match="upgrade"):
+        read_manifest(tmp_path / "v2.l2")
+
+
+def test_decoder_drift_is_caught_by_the_value_checksum(tmp_path, sample_bytes, monkeypatch):
+    """If T⁻¹ or the coder ever decoded differently from the encoder's machine, the value CRC says so."""
+    (tmp_path / "m.l2").write_bytes(sample_bytes)
+    original = values_module.level_values
+    monkeypatch.setattr(
+        values_module,
+        "level_values",
+        lambda kind, params, lo, hi: np.nextafter(original(kind, params, lo, hi), np.float32(np.inf)),
+    )
+    with pytest.raises(L2FormatError, match="conv.weight.*decoded values"):
+        load_l2(tmp_path / "m.l2")
+
+
+def test_errors_name_the_tensor_at_fault(tmp_path, sample_bytes):
+    m = None
+    (tmp_path / "m.l2").write_bytes(sample_bytes)
+    m = read_manifest(tmp_path / "m.l2")
+    target = next(e for e in m.entries if e.name == "fc.weight")
+    data = bytearray(sample_bytes)
+    data[target.payload_offset + 1] ^= 0x01
+    (tmp_path / "m.l2").write_bytes(data)
+    with pytest.raises(L2FormatError, match="fc.weight"):
+        load_l2(tmp_path / "m.l2")
