@@ -1,0 +1,111 @@
+"""The FastAPI application factory.
+
+``create_app()`` (what ``uvicorn --factory api.app:create_app`` and ``l2 serve`` call) builds everything from
+`Settings`; tests pass their own settings, session factory and enqueue function. Routes live under ``/v1``
+(one module per resource in `api.routes`); health and metrics at the root. Every error is JSON ``{"detail":
+"..."}`` with a message that says what to fix.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.db import make_engine, make_session_factory
+from api.deps import AppContext, Enqueue
+from api.errors import ServiceError
+from api.metrics import Metrics
+from api.routes import checkpoints, datasets, health, jobs
+from api.settings import Settings, get_settings
+from api.storage import LocalStorage
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "l2.run_job"
+
+
+def celery_enqueuer(broker_url: str) -> Enqueue:
+    """Publish ``l2.run_job`` on the job's queue through the worker's Celery app configuration (built on first
+    use, so creating the API never connects to the broker)."""
+    state: dict = {}
+
+    def enqueue(job_id: str, queue: str) -> None:
+        if "app" not in state:
+            from worker.celery_app import create_celery_app
+
+            state["app"] = create_celery_app(broker_url)
+        state["app"].send_task(TASK_NAME, args=[job_id], queue=queue, routing_key=queue, exchange="l2")
+
+    return enqueue
+
+
+def _location(loc) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    return ".".join(parts) or "body"
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, list[dict]]:
+    errors = []
+    for e in exc.errors():
+        msg = str(e.get("msg", "")).removeprefix("Value error, ")
+        if e.get("type") == "extra_forbidden":
+            msg = "unknown field; remove it"
+        elif e.get("type") == "json_invalid":
+            msg = f"the body is not valid JSON ({e.get('ctx', {}).get('error', 'parse error')})"
+        errors.append({"loc": list(e.get("loc", ())), "msg": msg, "type": e.get("type")})
+    detail = "; ".join(f"{_location(err['loc'])}: {err['msg']}" for err in errors) or "invalid request"
+    return detail, errors
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    session_factory: sessionmaker[Session] | None = None,
+    enqueue: Enqueue | None = None,
+) -> FastAPI:
+    settings = settings or get_settings()
+    if session_factory is None:
+        session_factory = make_session_factory(make_engine(settings.database_url))
+    metrics = Metrics()
+    ctx = AppContext(
+        settings=settings,
+        session_factory=session_factory,
+        storage=LocalStorage(settings.data_dir),
+        enqueue=enqueue or celery_enqueuer(settings.broker_url),
+        metrics=metrics,
+    )
+    metrics.attach_database(ctx)
+
+    app = FastAPI(
+        title="L² compression service",
+        version="1.0.0",
+        description="Upload a PyTorch checkpoint and calibration data, submit a compression job with a "
+        "target ratio, follow its progress, and download the .l2 artifact. Authenticate with an API key "
+        "('l2 keys create --tenant NAME') as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.",
+    )
+    app.state.ctx = ctx
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        detail, errors = _validation_message(exc)
+        return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            {"detail": f"internal error ({type(exc).__name__}); retry, and report it if it persists"},
+            status_code=500,
+        )
+
+    for module in (checkpoints, datasets, jobs, health):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,152 @@
+"""API keys and the caller's tenant.
+
+A key reads ``l2_<prefix>_<secret>``: the prefix (public, shown by ``l2 keys list``) finds the row, and only
+the SHA-256 of the secret is stored, so a database leak does not leak usable keys. Clients send it as
+``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. Every route resolves the tenant through
+`current_tenant` and filters every query by it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.models import ApiKey, Tenant, utcnow
+
+KEY_PREFIX = "l2"
+
+
+@dataclass(frozen=True)
+class Caller:
+    tenant_id: str
+    tenant_name: str
+    key_prefix: str | None  # None when authentication is off
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    key: str  # shown once; only its hash is stored
+    prefix: str
+    tenant_id: str
+    tenant_name: str
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def parse_key(key: str) -> tuple[str, str] | None:
+    """``l2_<prefix>_<secret>`` → (prefix, secret); None when the text is not shaped like a key."""
+    parts = key.strip().split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_PREFIX or not parts[1] or not parts[2]:
+        return None
+    return parts[1], parts[2]
+
+
+def get_or_create_tenant(session: Session, name: str) -> Tenant:
+    """The tenant called ``name``, created if new (concurrent first requests all end with the same row)."""
+    query = select(Tenant).where(Tenant.name == name)
+    tenant = session.execute(query).scalar_one_or_none()
+    if tenant is None:
+        try:
+            with session.begin_nested():
+                tenant = Tenant(name=name)
+                session.add(tenant)
+        except IntegrityError:
+            tenant = session.execute(query).scalar_one()
+    return tenant
+
+
+def create_key(session: Session, tenant_name: str) -> IssuedKey:
+    """A new key for ``tenant_name`` (the tenant is created if needed). Commits."""
+    tenant = get_or_create_tenant(session, tenant_name)
+    prefix, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+    session.add(ApiKey(tenant_id=tenant.id, prefix=prefix, key_hash=hash_secret(secret)))
+    session.commit()
+    return IssuedKey(
+        key=f"{KEY_PREFIX}_{prefix}_{secret}", prefix=prefix, tenant_id=tenant.id, tenant_name=tenant.name
+    )
+
+
+def revoke_key(session: Session, prefix: str) -> bool:
+    """Revoke the key with ``prefix``; False when there is none (or it was already revoked). Commits."""
+    key = session.execute(select(ApiKey).where(ApiKey.prefix == prefix)).scalar_one_or_none()
+    if key is None or key.revoked_at is not None:
+        return False
+    key.revoked_at = utcnow()
+    session.commit()
+    return True
+
+
+def list_keys(session: Session) -> list[tuple[ApiKey, Tenant]]:
+    rows = session.execute(
+        select(ApiKey, Tenant)
+        .join(Tenant, Tenant.id == ApiKey.tenant_id)
+        .order_by(Tenant.name, ApiKey.created_at)
+    ).all()
+    return [(k, t) for k, t in rows]
+
+
+def authenticate(session: Session, key: str) -> Caller | None:
+    parsed = parse_key(key)
+    if parsed is None:
+        return None
+    prefix, secret = parsed
+    row = session.execute(
+        select(ApiKey, Tenant).join(Tenant, Tenant.id == ApiKey.tenant_id).where(ApiKey.prefix == prefix)
+    ).first()
+    if row is None:
+        hmac.compare_digest(hash_secret(secret), hash_secret(""))  # same work either way
+        return None
+    api_key, tenant = row
+    if api_key.revoked_at is not None or not hmac.compare_digest(api_key.key_hash, hash_secret(secret)):
+        return None
+    return Caller(tenant_id=tenant.id, tenant_name=tenant.name, key_prefix=prefix)
+
+
+bearer_scheme = HTTPBearer(auto_error=False, description="Authorization: Bearer l2_<prefix>_<secret>")
+api_key_scheme = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="X-API-Key: l2_<prefix>_<secret>"
+)
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def current_caller(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    x_api_key: Annotated[str | None, Depends(api_key_scheme)],
+) -> Caller:
+    """FastAPI dependency: the tenant of the presented API key (or the default tenant when auth is off)."""
+    settings = request.app.state.ctx.settings
+    with request.app.state.ctx.session_factory() as session:
+        if not settings.auth_enabled:
+            tenant = get_or_create_tenant(session, settings.default_tenant)
+            session.commit()
+            return Caller(tenant_id=tenant.id, tenant_name=tenant.name, key_prefix=None)
+        key = (bearer.credentials if bearer else None) or x_api_key
+        if key is None:
+            raise _unauthorized(
+                "missing API key: send 'Authorization: Bearer l2_<prefix>_<secret>' or "
+                "'X-API-Key: ...'; create one with 'l2 keys create --tenant NAME'"
+            )
+        caller = authenticate(session, key)
+    if caller is None:
+        raise _unauthorized(
+            "invalid or revoked API key; create a new one with 'l2 keys create --tenant NAME'"
+        )
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]

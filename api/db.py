@@ -1,0 +1,78 @@
+"""Database engine and sessions.
+
+``engine`` and ``SessionLocal`` are built from `get_settings()` on first use (module attributes resolved
+lazily, so importing this module never touches the database and tests can point ``L2_DATABASE_URL`` elsewhere
+first). `create_app(settings)` builds its own pair with `make_engine` / `make_session_factory`.
+
+SQLite (the embedded default) is shared by the API and worker processes, so every connection turns on WAL
+(readers do not block the writer), a busy timeout (a writer waits for the lock instead of failing at once) and
+foreign keys.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; for a SQLite file, its folder is created and the pragmas above applied."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    # expire_on_commit=False: a route may read the row it just committed without another query.
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+_engine: Engine | None = None
+_session_factory: sessionmaker[Session] | None = None
+
+
+def get_engine() -> Engine:
+    """The process-wide engine for `Settings.database_url`."""
+    global _engine
+    if _engine is None:
+        from api.settings import get_settings
+
+        _engine = make_engine(get_settings().database_url)
+    return _engine
+
+
+def get_session_factory() -> sessionmaker[Session]:
+    global _session_factory
+    if _session_factory is None:
+        _session_factory = make_session_factory(get_engine())
+    return _session_factory
+
+
+def __getattr__(name: str):
+    """``from api.db import engine, SessionLocal`` (the worker's names), created on first use."""
+    if name == "engine":
+        return get_engine()
+    if name == "SessionLocal":
+        return get_session_factory()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

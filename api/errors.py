@@ -1,0 +1,45 @@
+"""Errors the service layer raises; `api.app` turns each into ``{"detail": "..."}`` with its status code, the
+detail saying what to fix."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    status_code = 400
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers
+
+
+class NotFound(ServiceError):
+    status_code = 404
+
+    @classmethod
+    def of(cls, kind: str, object_id: str, hint: str = "") -> NotFound:
+        return cls(f"{kind} {object_id!r} not found{'; ' + hint if hint else ''}")
+
+
+class Forbidden(ServiceError):
+    status_code = 403
+
+
+class Conflict(ServiceError):
+    status_code = 409
+
+
+class Gone(ServiceError):
+    status_code = 410
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+
+
+class Unprocessable(ServiceError):
+    status_code = 422
+
+
+class Unavailable(ServiceError):
+    status_code = 503

@@ -1,0 +1,217 @@
+"""ORM models (SQLAlchemy 2 declarative). Ids are UUID strings; timestamps are timezone-aware UTC on both
+PostgreSQL and SQLite (`UTCDateTime`). Every tenant-owned row carries ``tenant_id``: the API filters every
+query by it, so one tenant's key never sees another tenant's rows.
+
+The worker writes to `Job` (state, progress, artifact), `JobEvent` and `LayerResult`; the API creates the
+rest.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JOB_STATES = ("queued", "running", "succeeded", "failed", "canceled")
+TERMINAL_STATES = ("succeeded", "failed", "canceled")
+DEVICES = ("auto", "cpu", "cuda")
+DATASET_SOURCES = ("upload", "path")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes in and out. SQLite has no time zones: values are stored as naive UTC and given
+    their zone back on read, so comparisons and JSON output are the same on both databases."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass an aware UTC datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+def _id() -> Mapped[str]:
+    return mapped_column(String(36), primary_key=True, default=new_id)
+
+
+def _tenant() -> Mapped[str]:
+    return mapped_column(String(36), ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+
+
+def _created() -> Mapped[datetime]:
+    return mapped_column(default=utcnow)
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = _id()
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = _created()
+
+
+class ApiKey(Base):
+    """An API key ``l2_<prefix>_<secret>``: the prefix finds the row, only the secret's SHA-256 is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = _id()
+    tenant_id: Mapped[str] = _tenant()
+    prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = _created()
+    revoked_at: Mapped[datetime | None]
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+
+    id: Mapped[str] = _id()
+    tenant_id: Mapped[str] = _tenant()
+    filename: Mapped[str] = mapped_column(String(255))
+    path: Mapped[str] = mapped_column(Text, doc="relative to data_dir")
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = _created()
+
+
+class Dataset(Base):
+    """Calibration (or evaluation) data: an uploaded archive/tensor file (``path`` relative to data_dir) or a
+    registered server path (absolute, inside `Settings.allowed_data_roots`). ``spec`` holds the
+    `compression_core.loading.CalibrationSpec` values the worker reads it with."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = _id()
+    tenant_id: Mapped[str] = _tenant()
+    name: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(Text)
+    filename: Mapped[str | None] = mapped_column(String(255))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = _created()
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
+        Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
+        Index("ix_jobs_state_queue", "state", "queue"),
+    )
+
+    id: Mapped[str] = _id()
+    tenant_id: Mapped[str] = mapped_column(String(36), ForeignKey("tenants.id", ondelete="CASCADE"))
+    # Nullable so a checkpoint or dataset can be deleted once no active job needs it; finished jobs keep
+    # their results and say the input is gone.
+    checkpoint_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("checkpoints.id", ondelete="SET NULL")
+    )
+    dataset_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("datasets.id", ondelete="SET NULL"))
+    eval_dataset_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("datasets.id", ondelete="SET NULL")
+    )
+    architecture: Mapped[str | None] = mapped_column(String(200))
+    arch_kwargs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    target_ratio: Mapped[float] = mapped_column(Float)
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    device: Mapped[str] = mapped_column(String(16), default="auto")
+    queue: Mapped[str] = mapped_column(String(16), default="cpu")
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    phase: Mapped[str | None] = mapped_column(String(64), default="queued")
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    eta_seconds: Mapped[float | None] = mapped_column(Float)
+    latest_losses: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    estimated_ratio: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_fingerprint: Mapped[str | None] = mapped_column(
+        String(64), doc="SHA-256 of the creating request body"
+    )
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    artifact_path: Mapped[str | None] = mapped_column(Text, doc="relative to data_dir")
+    artifact_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    artifact_sha256: Mapped[str | None] = mapped_column(String(64))
+    true_ratio: Mapped[float | None] = mapped_column(Float)
+    original_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = _created()
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+
+    id: Mapped[str] = _id()
+    job_id: Mapped[str] = mapped_column(String(36), ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    phase: Mapped[str | None] = mapped_column(String(64))
+    message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created()
+
+
+class LayerResult(Base):
+    """One tensor of a finished job's per-layer report (`compression_core.report`)."""
+
+    __tablename__ = "layer_results"
+    __table_args__ = (Index("ix_layer_results_job_position", "job_id", "position"),)
+
+    id: Mapped[str] = _id()
+    job_id: Mapped[str] = mapped_column(String(36), ForeignKey("jobs.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(Text)
+    shape: Mapped[list[Any]] = mapped_column(default=list)
+    dtype: Mapped[str] = mapped_column(String(32))
+    numel: Mapped[int] = mapped_column(BigInteger)
+    mode: Mapped[str] = mapped_column(String(32))
+    transform: Mapped[str | None] = mapped_column(String(32))
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    levels: Mapped[int | None] = mapped_column(BigInteger)
+    bit_width: Mapped[float | None] = mapped_column(Float)
+    entropy_bits: Mapped[float | None] = mapped_column(Float)
+    sparsity: Mapped[float | None] = mapped_column(Float)
+    bytes: Mapped[int | None] = mapped_column(BigInteger)
+    original_bytes: Mapped[int | None] = mapped_column(BigInteger)

@@ -1,0 +1,275 @@
+"""Request and response bodies (pydantic). ``*Create`` are what clients send, ``*Public`` what they get back.
+
+`CompressionOptions` and `CalibrationSpecIn` mirror `compression_core.CompressionConfig` and
+`compression_core.loading.CalibrationSpec` field for field (a test pins that) so the API can refuse bad values
+with a 422 at submission instead of a failed job minutes later, without importing torch.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+TransformKind = Literal["linear", "prune_quant", "log", "exp"]
+Size = int | tuple[int, int]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _FromRow(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+# -- compression options -------------------------------------------------------------------------------------
+class CompressionOptions(_Strict):
+    """Options of the L² optimizer; anything left out takes the library default."""
+
+    transform: TransformKind | None = None
+    transform_overrides: dict[str, TransformKind] | list[tuple[str, TransformKind]] | None = Field(
+        None, description="name pattern (fnmatch) → transform kind; first match wins"
+    )
+    per_channel: bool | None = None
+    kernel: Literal["cosine", "linear", "triangle"] | None = None
+    resolution: float | None = Field(None, gt=0)
+    rounds: int | None = Field(None, ge=0, le=1000)
+    transform_iters: int | None = Field(None, ge=0, le=1_000_000)
+    weight_iters: int | None = Field(None, ge=0, le=1_000_000)
+    batch_size: int | None = Field(None, ge=1, le=65536)
+    transform_lr: float | None = Field(None, gt=0)
+    weight_lr: float | None = Field(None, ge=0)
+    rate_weight: float | None = Field(None, ge=0)
+    init_bits: float | None = Field(None, ge=1, le=16)
+    feature_modules: list[str] | None = None
+    feature_weight: float | None = Field(None, ge=0)
+    bn_recalibration: bool | None = None
+    holdout_fraction: float | None = Field(None, ge=0, lt=1)
+    min_coded_numel: int | None = Field(None, ge=1)
+    ratio_tolerance: float | None = Field(None, gt=0, lt=0.5)
+    seed: int | None = None
+
+
+OPTION_NAMES = tuple(CompressionOptions.model_fields)
+
+
+class CalibrationSpecIn(_Strict):
+    """How the worker turns the data into model inputs (`compression_core.loading.CalibrationSpec`)."""
+
+    kind: Literal["images", "tensors"] | None = Field(None, description="None: inferred from the content")
+    resize: Size | None = 256
+    crop: Size | None = 224
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    channels: Literal[1, 3] = 3
+    max_samples: int = Field(1024, ge=1)
+    labels_key: str | None = None
+    seed: int = 0
+    max_count: int = Field(100_000, ge=1)
+    max_total_bytes: int = Field(2 * 1024**3, ge=1)
+    max_ratio: float = Field(100.0, ge=1)
+    max_image_pixels: int = Field(89_478_485, ge=1)
+    max_image_bytes: int = Field(64 * 1024**2, ge=1)
+
+    @field_validator("resize", "crop")
+    @classmethod
+    def _positive(cls, value):
+        sizes = value if isinstance(value, tuple) else (value,) if value is not None else ()
+        if any(s <= 0 for s in sizes):
+            raise ValueError("sizes must be positive")
+        return value
+
+    @model_validator(mode="after")
+    def _mean_std(self) -> CalibrationSpecIn:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give mean and std together, or neither")
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if v is not None and len(v) not in (1, self.channels):
+                raise ValueError(f"{name} needs 1 or {self.channels} value(s), one per channel")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ValueError("std values must be > 0")
+        return self
+
+
+# -- checkpoints and datasets --------------------------------------------------------------------------------
+class CheckpointPublic(_FromRow):
+    id: str
+    filename: str
+    size_bytes: int
+    sha256: str
+    created_at: datetime
+
+
+class CheckpointsPublic(BaseModel):
+    data: list[CheckpointPublic]
+    total: int
+
+
+class DatasetCreate(_Strict):
+    """Register calibration data already on the server (a folder, archive or tensor file) by its path, which
+    must lie inside one of the server's allowed data roots."""
+
+    name: str = Field(min_length=1, max_length=200)
+    path: str = Field(min_length=1, max_length=4096, description="absolute server path")
+    spec: CalibrationSpecIn = Field(default_factory=CalibrationSpecIn)
+
+
+class DatasetPublic(_FromRow):
+    id: str
+    name: str
+    source: Literal["upload", "path"]
+    filename: str | None
+    size_bytes: int | None
+    sha256: str | None
+    spec: dict[str, Any]
+    created_at: datetime
+
+
+class DatasetsPublic(BaseModel):
+    data: list[DatasetPublic]
+    total: int
+
+
+# -- jobs ----------------------------------------------------------------------------------------------------
+JobState = Literal["queued", "running", "succeeded", "failed", "canceled"]
+
+
+class JobCreate(_Strict):
+    checkpoint_id: str
+    dataset_id: str = Field(description="calibration data")
+    eval_dataset_id: str | None = Field(None, description="optional data to evaluate the decoded model on")
+    architecture: str | None = Field(
+        None,
+        max_length=200,
+        description="registered architecture name or 'module:callable', needed "
+        "for a plain state_dict checkpoint",
+    )
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict)
+    target_ratio: float = Field(gt=1, le=100, description="fp32 size / .l2 file size, in (1, 100]")
+    options: CompressionOptions = Field(default_factory=CompressionOptions)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _known_options(cls, value):
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - set(OPTION_NAMES))
+            if unknown:
+                raise ValueError(f"unknown option(s) {unknown}; allowed: {sorted(OPTION_NAMES)}")
+        return value
+
+
+class ArtifactInfo(BaseModel):
+    url: str
+    bytes: int | None
+    sha256: str | None
+
+
+class JobPublic(_FromRow):
+    id: str
+    state: JobState
+    phase: str | None
+    progress: float = Field(description="0..1")
+    progress_percent: float
+    eta_seconds: float | None
+    latest_losses: dict[str, Any] | None
+    estimated_ratio: float | None
+    target_ratio: float
+    true_ratio: float | None
+    original_bytes: int | None
+    checkpoint_id: str | None
+    dataset_id: str | None
+    eval_dataset_id: str | None
+    architecture: str | None
+    arch_kwargs: dict[str, Any]
+    options: dict[str, Any]
+    device: str
+    queue: str
+    cancel_requested: bool
+    error: str | None
+    evaluation: dict[str, Any] | None
+    artifact: ArtifactInfo | None
+    attempts: int
+    idempotency_key: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class JobEventPublic(_FromRow):
+    id: str
+    state: str
+    phase: str | None
+    message: str | None
+    created_at: datetime
+
+
+class JobEventsPublic(BaseModel):
+    data: list[JobEventPublic]
+
+
+class LayerResultPublic(_FromRow):
+    position: int
+    name: str
+    shape: list[int]
+    dtype: str
+    numel: int
+    mode: str
+    transform: str | None
+    params: Any | None
+    levels: int | None
+    bit_width: float | None
+    entropy_bits: float | None
+    sparsity: float | None
+    bytes: int | None
+    original_bytes: int | None
+
+
+class LayerResultsPublic(BaseModel):
+    data: list[LayerResultPublic]
+
+
+# -- misc ----------------------------------------------------------------------------------------------------
+class Message(BaseModel):
+    """Every error: what went wrong and what to change."""
+
+    detail: str
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str | None = None
+
+
+class ValidationProblem(BaseModel):
+    """422: ``detail`` joins every problem into one sentence; ``errors`` lists them one by one."""
+
+    detail: str
+    errors: list[ValidationIssue]
+
+
+ERROR_RESPONSES: dict = {
+    401: {"model": Message, "description": "missing, invalid or revoked API key"},
+    404: {"model": Message, "description": "no such resource for this tenant"},
+    422: {"model": ValidationProblem, "description": "the request is malformed; the detail says which field"},
+}
+
+
+class ReadyPublic(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str]
+
+
+Limit = Annotated[int, Field(ge=1, le=500)]
