@@ -1,0 +1,277 @@
+"""``l2 worker`` (a Celery worker for chosen queues) and ``l2 serve`` (the whole service in one command).
+
+``l2 serve`` with nothing configured is the embedded default: SQLite database and SQLite message broker under
+the data folder, the API on 127.0.0.1 with authentication off, and one worker process consuming both queues —
+the same task code as production, only the servers differ. Set ``L2_DATABASE_URL`` / ``L2_BROKER_URL`` to use
+PostgreSQL / Redis instead. ``--demo`` also trains a tiny model and compresses it through the API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from worker.celery_app import QUEUES
+
+LOOPBACK_NAMES = ("localhost",)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    w = subparsers.add_parser(
+        "worker",
+        help="run a Celery worker that executes compression jobs",
+        description="Run a Celery worker for the given queues. Each job runs in a pool child process (torch "
+        "and CUDA are only touched there); one job per child at a time.",
+    )
+    w.add_argument(
+        "--queues", "-Q", default="cpu", help="comma-separated queues to consume: cpu, gpu (default cpu)"
+    )
+    w.add_argument("--concurrency", "-c", type=int, default=1, help="jobs run at once (default 1)")
+    w.add_argument("--hostname", "-n", default=None, help="Celery node name (default l2-<queues>@<host>)")
+    w.add_argument("--loglevel", "-l", default="info")
+    w.add_argument(
+        "--max-tasks-per-child",
+        type=int,
+        default=0,
+        help="replace a pool child after this many jobs (0: never); 1 gives each job a fresh process",
+    )
+    w.set_defaults(handler=run_worker)
+
+    s = subparsers.add_parser(
+        "serve",
+        help="run the API and a worker (embedded default: SQLite + local folder, no servers needed)",
+        description=__doc__.split("\n\n", 1)[1],
+    )
+    s.add_argument("--host", default=None, help="address to listen on (default L2_API_HOST, 127.0.0.1)")
+    s.add_argument("--port", type=int, default=None, help="port (default L2_API_PORT, 8000)")
+    s.add_argument("--queues", "-Q", default=",".join(QUEUES), help="queues the embedded worker consumes")
+    s.add_argument("--no-worker", action="store_true", help="run only the API (workers run elsewhere)")
+    s.add_argument("--no-migrate", action="store_true", help="do not upgrade the database schema at start-up")
+    s.add_argument(
+        "--demo",
+        action="store_true",
+        help="also train a tiny digits CNN, compress it through the API and print the result",
+    )
+    s.add_argument("--demo-ratio", type=float, default=10.0, help="target ratio of the demo job (default 10)")
+    s.add_argument(
+        "--demo-iters",
+        type=int,
+        default=None,
+        help="optimizer iterations per phase of the demo job (default: the demo's own, ~1 minute)",
+    )
+    s.add_argument(
+        "--exit-after-demo", action="store_true", help="stop the service once the demo has finished"
+    )
+    s.set_defaults(handler=run_serve)
+
+
+def parse_queues(text: str) -> list[str]:
+    queues = [q.strip() for q in text.split(",") if q.strip()]
+    unknown = [q for q in queues if q not in QUEUES]
+    if not queues or unknown:
+        raise SystemExit(f"l2: unknown queue(s) {unknown or text!r}; choose from {', '.join(QUEUES)}")
+    return queues
+
+
+def worker_command(
+    queues: list[str],
+    *,
+    concurrency: int = 1,
+    hostname: str | None = None,
+    loglevel: str = "info",
+    max_tasks_per_child: int = 0,
+) -> list[str]:
+    """The Celery worker command line (prefork pool: each job runs in a child process)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "-Q",
+        ",".join(queues),
+        "--concurrency",
+        str(concurrency),
+        "-P",
+        "prefork",
+        "-l",
+        loglevel,
+        "-n",
+        hostname or f"l2-{'-'.join(queues)}@%h",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if max_tasks_per_child:
+        cmd += ["--max-tasks-per-child", str(max_tasks_per_child)]
+    return cmd
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    cmd = worker_command(
+        parse_queues(args.queues),
+        concurrency=args.concurrency,
+        hostname=args.hostname,
+        loglevel=args.loglevel,
+        max_tasks_per_child=args.max_tasks_per_child,
+    )
+    sys.stdout.flush()
+    os.execv(
+        sys.executable, cmd
+    )  # Celery becomes this process: signals from the supervisor reach it directly
+    return 0  # not reached
+
+
+# -- serve ----
+def _is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_embedded(settings) -> bool:
+    return str(settings.database_url).startswith("sqlite") and str(settings.broker_url).startswith(
+        "sqla+sqlite"
+    )
+
+
+def banner(lines: list[str]) -> str:
+    width = max(len(line) for line in lines) + 4
+    bar = "!" * width
+    return "\n".join([bar, *(f"! {line.ljust(width - 4)} !" for line in lines), bar])
+
+
+def run_migrations() -> None:
+    """`alembic upgrade head` for `Settings.database_url` (what ``l2 migrate`` does)."""
+    from api.migrate import upgrade_database
+
+    upgrade_database()
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from api.settings import get_settings
+
+    queues = parse_queues(args.queues)
+    settings = get_settings()
+    args.host = args.host or settings.api_host
+    args.port = args.port or settings.api_port
+    embedded = is_embedded(settings)
+    if embedded and _is_loopback(args.host) and "auth_enabled" not in settings.model_fields_set:
+        # The embedded default is a single-user service on this machine: no keys to create first.
+        settings = settings.model_copy(update={"auth_enabled": False})
+    auth = settings.auth_enabled
+    if not auth and not _is_loopback(args.host):
+        print(
+            f"l2 serve: refusing to listen on {args.host} with authentication off; use --host 127.0.0.1 or "
+            "set L2_AUTH_ENABLED=true and create a key with 'l2 keys create'",
+            file=sys.stderr,
+        )
+        return 2
+    os.makedirs(settings.data_dir, exist_ok=True)
+    lines = [
+        f"L² service on http://{args.host}:{args.port}  (API docs: /docs)",
+        f"database: {_redact(settings.database_url)}",
+        f"broker:   {_redact(settings.broker_url)}",
+        f"data:     {settings.data_dir}",
+        "worker:   " + ("none (--no-worker)" if args.no_worker else f"1 process, queues {','.join(queues)}"),
+    ]
+    if embedded:
+        lines.append("embedded default: set L2_DATABASE_URL / L2_BROKER_URL for PostgreSQL / Redis")
+    if not auth:
+        lines += [
+            "",
+            "AUTHENTICATION IS OFF: anyone who can reach this port can use the service.",
+            "This is only allowed on localhost. Set L2_AUTH_ENABLED=true for anything else.",
+        ]
+    print(banner(lines), flush=True)
+
+    if not args.no_migrate:
+        run_migrations()
+
+    worker_proc = None
+    if not args.no_worker:
+        worker_proc = subprocess.Popen(
+            worker_command(queues, hostname="l2-embedded@%h"), start_new_session=True
+        )
+
+    import uvicorn
+
+    from api.app import create_app
+
+    config = uvicorn.Config(create_app(settings), host=args.host, port=args.port, log_level="info")
+    server = uvicorn.Server(config)
+    demo_result: dict = {}
+    if args.demo:
+
+        def demo() -> None:
+            from worker.demo import run_demo
+
+            try:
+                options = None
+                if args.demo_iters is not None:
+                    options = {
+                        "rounds": 1,
+                        "transform_iters": args.demo_iters,
+                        "weight_iters": args.demo_iters,
+                    }
+                demo_result["rc"] = run_demo(
+                    f"http://{_client_host(args.host)}:{args.port}",
+                    settings,
+                    target_ratio=args.demo_ratio,
+                    options=options,
+                )
+            except Exception as exc:  # the service keeps running; say what went wrong
+                print(f"demo failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                demo_result["rc"] = 1
+            if args.exit_after_demo:
+                server.should_exit = True
+
+        threading.Thread(target=demo, name="l2-demo", daemon=True).start()
+    try:
+        server.run()
+    finally:
+        if worker_proc is not None:
+            stop_process_group(worker_proc)
+    return int(demo_result.get("rc", 0))
+
+
+def _client_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def _redact(url: str) -> str:
+    url = str(url)
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, tail = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{tail}" if ":" in creds else url
+    return url
+
+
+def stop_process_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Warm shutdown (SIGTERM lets the running job's message go back unacknowledged), then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()

@@ -1,0 +1,68 @@
+"""Worker process hooks.
+
+* In each pool child after fork: drop the database connections inherited from the parent (a connection
+  shared across processes corrupts both). Torch is imported later, by the first job, inside the child.
+* In the main worker process once it is ready, and then every ``sweep_interval`` seconds: requeue jobs whose
+  attempt died (`worker.claims.requeue_abandoned`). The main process never imports torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
+
+log = logging.getLogger(__name__)
+_stop = threading.Event()
+
+SWEEP_INTERVAL_S = 30.0
+
+
+@worker_process_init.connect
+def _reset_db_after_fork(**_) -> None:
+    from api.db import get_engine
+
+    get_engine().dispose(close=False)
+
+
+def _consumed_queues(sender) -> list[str]:
+    try:
+        return sorted(sender.app.amqp.queues.consume_from)
+    except Exception:  # older/other consumers: fall back to every queue
+        from worker.celery_app import QUEUES
+
+        return list(QUEUES)
+
+
+def sweep_once(queues) -> list:
+    from api.db import SessionLocal
+    from worker.celery_app import enqueue_job
+    from worker.claims import STALE_AFTER_S, requeue_abandoned
+
+    return requeue_abandoned(SessionLocal, queues, stale_after_s=STALE_AFTER_S, enqueue=enqueue_job)
+
+
+@worker_ready.connect
+def _start_sweeper(sender=None, **_) -> None:
+    queues = _consumed_queues(sender)
+
+    def loop() -> None:
+        while True:
+            try:
+                found = sweep_once(queues)
+                if found:
+                    log.warning("requeued %d abandoned job(s): %s", len(found), found)
+            except Exception:
+                log.warning(
+                    "sweep for abandoned jobs failed; retrying in %.0f s", SWEEP_INTERVAL_S, exc_info=True
+                )
+            if _stop.wait(SWEEP_INTERVAL_S):
+                return
+
+    threading.Thread(target=loop, name="l2-sweeper", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _stop_sweeper(**_) -> None:
+    _stop.set()
