@@ -25,7 +25,7 @@ from compression_core.recon.finalize import build_contents, dtype_name, fit_targ
 from compression_core.recon.losses import distillation_distance
 from compression_core.recon.schedule import Reporter, run_schedule
 from compression_core.recon.state import QuantizedState
-from compression_core.report import RunSummary, layer_report, original_bytes
+from compression_core.report import RunSummary, file_metadata, layer_report, original_bytes
 from compression_core.result import CompressionResult
 from compression_core.transforms import plan_tensor
 from compression_core.transforms.levels import decode_symbols
@@ -74,11 +74,13 @@ def _reference_outputs(model, inputs: Inputs, batch_size: int, device) -> list[t
 
 def compress(model: torch.nn.Module, calibration: Inputs, target_ratio: float, *,
              config: CompressionConfig | None = None, progress: ProgressCallback | None = None,
-             should_cancel: CancelCheck | None = None, device: str | torch.device = "cpu") -> CompressionResult:
+             should_cancel: CancelCheck | None = None, device: str | torch.device = "cpu",
+             metadata: dict | None = None) -> CompressionResult:
     """Compress ``model`` so that its `.l2` file is ``target_ratio`` times smaller than its fp32 tensors.
 
     ``calibration`` holds unlabelled model inputs (tensor, tuple or dict with a shared sample dimension).
-    Raises `ConfigError` for invalid options, `UnreachableTargetError` when the target cannot be met,
+    ``metadata`` (JSON-serialisable: source digest, architecture, job id …) is stored in the file and counted
+    in its size. Raises `ConfigError` for invalid options, `UnreachableTargetError` when the target cannot be met,
     `CompressionCanceled` when ``should_cancel`` returns True. The model itself is not modified.
     """
     started = time.monotonic()
@@ -138,9 +140,14 @@ def compress(model: torch.nn.Module, calibration: Inputs, target_ratio: float, *
 
     reporter.check_cancel()
     reporter.emit("finalize", iterations, 0.91, message="landing the exact file size")
+    def finished(stored_overrides: dict[str, torch.Tensor] | None = None) -> ArtifactContents:
+        contents = build_contents(state, original_sd, stored_overrides)
+        layers = [layer_report(r) for r in contents.records]
+        contents.metadata = {**(metadata or {}), **file_metadata(layers, target_ratio, total_original)}
+        return contents
+
     contents, file_bytes, log_alpha = fit_target(
-        state, lambda: build_contents(state, original_sd), measure_file_bytes,
-        budget.target_file_bytes, config.ratio_tolerance,
+        state, finished, measure_file_bytes, budget.target_file_bytes, config.ratio_tolerance,
     )
     decoded = decode_state_dict(contents, original_sd)
 
@@ -148,7 +155,7 @@ def compress(model: torch.nn.Module, calibration: Inputs, target_ratio: float, *
     decoded_model, bn_note = _maybe_recalibrate(model, decoded, train_inputs, config, device, reporter)
     if bn_note.get("kept"):
         recal = {k: v for k, v in decoded_model.state_dict().items() if k in decoded and not _is_coded(contents, k)}
-        contents = build_contents(state, original_sd, stored_overrides=recal)
+        contents = finished(stored_overrides=recal)
         decoded = decode_state_dict(contents, original_sd)
 
     reporter.emit("evaluate", iterations, 0.97, message="evaluating the decoded model on held-out samples")

@@ -86,6 +86,20 @@ def layer_report(record: TensorRecord, payload_bytes: int | None = None) -> Laye
     )
 
 
+def file_metadata(layers: list[LayerReport], target_ratio: float, original: int) -> dict:
+    """The small per-layer summary and targets stored inside the file for `l2 inspect`. It is part of the
+    file, so the ratio controller measures it too."""
+    return {
+        "target_ratio": target_ratio,
+        "original_bytes": original,
+        "layers": [
+            {"name": r.name, "mode": r.mode, "transform": r.transform, "levels": r.levels,
+             "entropy_bits": round(r.entropy_bits, 4), "sparsity": round(r.sparsity, 4)}
+            for r in layers
+        ],
+    }
+
+
 @dataclass
 class RunSummary:
     """Totals of a run. ``true_ratio`` is only set once the file has been written and measured."""

@@ -24,26 +24,12 @@ class CompressionResult:
     history: list[dict] = field(default_factory=list)
     evaluation: dict = field(default_factory=dict)
 
-    def write(self, path: str | Path, metadata: dict | None = None) -> RunSummary:
-        """Write the `.l2` file and record its true size and ratio in ``summary``."""
+    def write(self, path: str | Path) -> RunSummary:
+        """Write the `.l2` file and record its true size and ratio in ``summary``. The metadata it carries
+        was fixed by `compress` (pass extra metadata there, so that the ratio controller counts it)."""
         from compression_core.coding import write_l2
 
-        if metadata:
-            self.contents.metadata.update(metadata)
-        self.contents.metadata.update(self.report_metadata())
         file_bytes = write_l2(self.contents, path)
         self.summary.file_bytes = file_bytes
         self.summary.true_ratio = self.summary.original_bytes / file_bytes
         return self.summary
-
-    def report_metadata(self) -> dict:
-        """Small per-layer summary and targets stored inside the file for `l2 inspect`."""
-        return {
-            "target_ratio": self.summary.target_ratio,
-            "original_bytes": self.summary.original_bytes,
-            "layers": [
-                {"name": r.name, "mode": r.mode, "transform": r.transform, "levels": r.levels,
-                 "entropy_bits": round(r.entropy_bits, 4), "sparsity": round(r.sparsity, 4)}
-                for r in self.layers
-            ],
-        }

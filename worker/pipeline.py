@@ -171,15 +171,6 @@ class JobRun:
             progress=self.progress,
             should_cancel=heartbeat.should_cancel,
             device=device,
-        )
-        if heartbeat.should_cancel():
-            raise CompressionCanceled("canceled after compression, before writing")
-
-        self.progress.set_phase("writing", 0.96, "writing the .l2 artifact")
-        self.paths.folder.mkdir(parents=True, exist_ok=True)
-        temp = self.paths.temp(self.claim.attempt)
-        result.write(
-            temp,
             metadata={
                 "job_id": str(spec.job_id),
                 "checkpoint_sha256": loaded.source_sha256,
@@ -189,6 +180,13 @@ class JobRun:
                 "config": config.to_dict(),
             },
         )
+        if heartbeat.should_cancel():
+            raise CompressionCanceled("canceled after compression, before writing")
+
+        self.progress.set_phase("writing", 0.96, "writing the .l2 artifact")
+        self.paths.folder.mkdir(parents=True, exist_ok=True)
+        temp = self.paths.temp(self.claim.attempt)
+        result.write(temp)
         file_bytes = temp.stat().st_size
 
         self.progress.set_phase("evaluating", 0.98, "decoding the artifact and evaluating it")

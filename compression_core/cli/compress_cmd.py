@@ -118,12 +118,13 @@ def run(args: argparse.Namespace) -> int:
     bar = _ProgressBar()
     started = time.monotonic()
     try:
-        result = compress(loaded.model, data.inputs, args.target_ratio, config=config, progress=bar, device=args.device)
+        result = compress(loaded.model, data.inputs, args.target_ratio, config=config, progress=bar,
+                          device=args.device, metadata={"source_sha256": loaded.source_sha256,
+                                                        "source_form": loaded.form, "architecture": args.arch,
+                                                        "arch_kwargs": arch_kwargs, "config": config.to_dict()})
     finally:
         bar.close()
-    summary = result.write(output, metadata={"source_sha256": loaded.source_sha256, "source_form": loaded.form,
-                                             "architecture": args.arch, "arch_kwargs": arch_kwargs,
-                                             "config": config.to_dict()})
+    summary = result.write(output)
     if args.json:
         print(json.dumps({"summary": summary.to_dict(), "evaluation": result.evaluation,
                           "layers": [r.to_dict() for r in result.layers]}, indent=2, default=str))
