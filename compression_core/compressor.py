@@ -123,7 +123,7 @@ def compress(model: torch.nn.Module, calibration: Inputs, target_ratio: float, *
             with torch.no_grad():
                 levels = 0
                 for _, w, t in state.items():
-                    m = t(w)
+                    m = t.codes(w)
                     if m.numel():
                         levels += int(torch.round(m.max()) - torch.round(m.min())) + 1
                 params = sum(p.numel() for p in state.transform_parameters())

@@ -58,7 +58,7 @@ class _SoftHistogram(torch.autograd.Function):
                 kernel_name: str):
         cdf, pdf = kernel(kernel_name)
         inv = 1.0 / delta
-        index = (centre - lo).long()
+        index = centre.long() - lo  # exact for any integer code, unlike float32 subtraction
         shift = (centre - m) * inv  # position of ⌊m⌉ relative to m, in units of δ
         reach = _reach(delta)
         counts = torch.zeros(count, dtype=m.dtype, device=m.device)
@@ -82,7 +82,7 @@ class _SoftHistogram(torch.autograd.Function):
         delta, lo, count, kernel_name = ctx.params
         _, pdf = kernel(kernel_name)
         inv = 1.0 / delta
-        index = (centre - lo).long()
+        index = centre.long() - lo  # exact for any integer code, unlike float32 subtraction
         shift = (centre - m) * inv
         reach = _reach(delta)
         grad_m = torch.zeros_like(m)
@@ -129,7 +129,7 @@ def entropy_bits(m: torch.Tensor, kernel_name: str = "cosine", resolution: float
         p = hard.to(m.dtype) / n
         return -(hard.to(m.dtype) * torch.log2(p)).sum() + (m - m.detach()).sum() * 0.0
     bins = _bins_for(symbols, delta)
-    index = (symbols - bins.lo).long()
+    index = symbols.long() - bins.lo
     hard = torch.bincount(index, minlength=bins.count).to(m.dtype)
     counts, dens = _SoftHistogram.apply(m, symbols, delta, bins.lo, bins.count, kernel_name)
     prob = (counts / n).clamp_min(_MIN_P)

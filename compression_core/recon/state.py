@@ -44,7 +44,7 @@ class QuantizedState(nn.Module):
         quantized: dict[str, torch.Tensor] = {}
         rate = self.latents[0].new_zeros(()) if len(self.latents) else torch.zeros(())
         for name, w, t in self.items():
-            codes = t(w)
+            codes = t.codes(w)
             quantized[name] = t.inverse(round_ste(codes), w)
             rate = rate + entropy_bits(codes, self.config.kernel, self.config.resolution)
         return quantized, rate

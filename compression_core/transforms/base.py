@@ -15,6 +15,9 @@ import torch
 from torch import nn
 
 _TINY = 1e-12
+# Codes are clamped to ±2^20 levels: far beyond any useful quantizer, well inside float32's exact integers
+# and int32 symbols, and it keeps a diverging parameter from building a histogram of 10^8 bins.
+MAX_CODE = float(2**20)
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -51,6 +54,16 @@ def safe_scale(value: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(value) & (value > _TINY), value, torch.full_like(value, 1e-8))
 
 
+def per_channel_floor(value: torch.Tensor, whole: torch.Tensor, fraction: float = 1e-3) -> torch.Tensor:
+    """Per-channel scales fall back to the tensor-wide scale ``whole`` where a channel is all-zero or
+    constant, and never drop below ``fraction`` of it. Without this a dead channel gets a 1e-8 step, the first
+    weight update moves it by 1e-4 and its codes explode to ~1e4…1e8 levels (seen on EfficientNet-Lite0)."""
+    if value.dim() == 0:
+        return value
+    value = safe_scale(value, whole.expand_as(value))
+    return torch.maximum(value, whole * fraction)
+
+
 class Transform(nn.Module):
     """Base class: subclasses set ``kind`` and ``param_names`` and implement `forward` (T) and `inverse`."""
 
@@ -67,14 +80,19 @@ class Transform(nn.Module):
         """Positive parameter ``name``, broadcastable against ``like``."""
         return channel_view(getattr(self, f"log_{name}").exp(), like)
 
+    def codes(self, w: torch.Tensor) -> torch.Tensor:
+        """Continuous codes T(w), clamped to ±MAX_CODE. Everything (training, the counter, the symbols the
+        file stores) goes through here, so the clamp is the same everywhere."""
+        return self(w).clamp(-MAX_CODE, MAX_CODE)
+
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
         """ŵ = T⁻¹(⌊T(w)⌉) with a straight-through estimator for the rounding."""
-        return self.inverse(round_ste(self(w)), w)
+        return self.inverse(round_ste(self.codes(w)), w)
 
     def symbols(self, w: torch.Tensor) -> torch.Tensor:
         """Integer codes ⌊T(w)⌉ as int64 (what the range coder packs)."""
         with torch.no_grad():
-            return torch.round(self(w)).to(torch.int64)
+            return torch.round(self.codes(w)).to(torch.int64)
 
     def param_values(self) -> dict[str, np.ndarray]:
         """Current parameters as float32 arrays, exactly what the `.l2` file stores."""

@@ -11,7 +11,7 @@ import math
 import torch
 
 from compression_core.transforms.base import (
-    GAUSS_ENTROPY_CONST, Transform, channel_view, reduce_abs_max, reduce_std, safe_scale,
+    GAUSS_ENTROPY_CONST, Transform, channel_view, per_channel_floor, reduce_abs_max, reduce_std, safe_scale,
 )
 
 
@@ -20,7 +20,8 @@ def _gauss_step(w: torch.Tensor, per_channel: bool, bits: float) -> torch.Tensor
     amax = reduce_abs_max(w, per_channel)
     step = std * GAUSS_ENTROPY_CONST / (2.0**bits)
     # Never coarser than the full range (at least the levels 0 and ±1 stay meaningful).
-    return safe_scale(torch.minimum(step, amax), amax)
+    step = safe_scale(torch.minimum(step, amax), amax)
+    return per_channel_floor(step, _gauss_step(w, False, bits)) if step.dim() else step
 
 
 class LinearTransform(Transform):
@@ -74,6 +75,8 @@ class LogTransform(Transform):
     def from_tensor(cls, w: torch.Tensor, per_channel: bool = False, bits: float = 6.0) -> LogTransform:
         amax = reduce_abs_max(w, per_channel)
         a = safe_scale(reduce_std(w, per_channel) / 4.0, amax)
+        if a.dim():
+            a = per_channel_floor(a, safe_scale(reduce_std(w, False) / 4.0, reduce_abs_max(w, False)))
         span = torch.log1p(amax / a)
         s = safe_scale(span / (2.0 ** (bits - 1.0)), torch.ones_like(span))
         return cls({"a": a, "s": s})
@@ -97,6 +100,8 @@ class ExpTransform(Transform):
     def from_tensor(cls, w: torch.Tensor, per_channel: bool = False, bits: float = 6.0) -> ExpTransform:
         amax = reduce_abs_max(w, per_channel)
         a = safe_scale(amax, torch.ones_like(amax))
+        if a.dim():
+            a = per_channel_floor(a, safe_scale(reduce_abs_max(w, False), torch.ones(())))
         s = torch.full_like(a, (math.e - 1.0) / (2.0 ** (bits - 1.0)))
         return cls({"a": a, "s": s})
 
