@@ -42,7 +42,7 @@ class CompressionOptions(_Strict):
     transform_lr: float | None = Field(None, gt=0)
     weight_lr: float | None = Field(None, ge=0)
     rate_weight: float | None = Field(None, ge=0)
-    init_bits: float | None = Field(None, ge=1, le=16)
+    allocation: Literal["equal_step", "equal_bits"] | None = None
     feature_modules: list[str] | None = None
     feature_weight: float | None = Field(None, ge=0)
     bn_recalibration: bool | None = None

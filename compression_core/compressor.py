@@ -19,6 +19,7 @@ from compression_core.config import CompressionConfig, ConfigError
 from compression_core.model_io import Inputs, batches, call_model, float_outputs, num_samples, select, to_device
 from compression_core.progress import CancelCheck, ProgressCallback
 from compression_core.records import ArtifactContents, CodedTensor
+from compression_core.recon.allocation import initial_bits
 from compression_core.recon.batchnorm import has_batchnorm, recalibrate_batchnorm
 from compression_core.recon.budget import Budget, UnreachableTargetError, measure_file_bytes
 from compression_core.recon.finalize import build_contents, dtype_name, fit_target
@@ -32,7 +33,7 @@ from compression_core.transforms.levels import decode_symbols
 
 log = logging.getLogger(__name__)
 _SIDE_REFRESH_EVERY = 25
-# Bits per weight never start below this: the hinge brings layers down where they can afford it.
+# With equal_bits, bits per weight never start below this: the hinge brings layers down where they can.
 _MIN_INIT_BITS = 1.5
 
 
@@ -113,8 +114,11 @@ def compress(model: torch.nn.Module, calibration: Inputs, target_ratio: float, *
             f"target ratio {target_ratio} leaves {budget.target_file_bytes:.0f} bytes, but stored tensors and "
             f"headers alone take about {init_side:.0f} bytes; lower the target ratio"
         )
-    state = QuantizedState({k: work_sd[k] for k in original_sd}, plans, config,
-                           bits_per_weight=max(init_bits, _MIN_INIT_BITS)).to(device)
+    coded = [p for p in plans if p.kind is not None]
+    vectors = {p.name: work_sd[p.name] for p in coded if p.kind == "linear" and work_sd[p.name].dim() < 2}
+    weights = {p.name: work_sd[p.name] for p in coded if p.name not in vectors}
+    start_bits = initial_bits(weights, vectors, budget.payload_bits(init_side), config.allocation, _MIN_INIT_BITS)
+    state = QuantizedState({k: work_sd[k] for k in original_sd}, plans, config, start_bits).to(device)
 
     cache = {"step": 0, "value": init_side}
 

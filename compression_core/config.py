@@ -22,7 +22,9 @@ class CompressionConfig:
     scales) always use ``linear``; float buffers (BN running statistics) and integer tensors are stored exactly.
     ``rounds`` alternations of ``transform_iters`` (transform parameters + rate term) and ``weight_iters``
     (latent weights + rate term), each iteration on one calibration batch of ``batch_size``.
-    ``rate_weight`` is λ of the normalised hinge λ·ReLU(S − B)/B.
+    ``rate_weight`` is λ of the normalised hinge λ·ReLU(S − B)/B. ``allocation`` is where the bits start:
+    ``equal_step`` (one quantization step for every weight, spending the budget) or ``equal_bits`` (the same
+    bits per weight in every tensor); see `recon/allocation.py`.
     ``holdout_fraction`` of the calibration samples is never used for optimization, only to report accuracy.
     """
 
@@ -38,7 +40,7 @@ class CompressionConfig:
     transform_lr: float = 1e-2
     weight_lr: float = 1e-4
     rate_weight: float = 10.0
-    init_bits: float = 6.0
+    allocation: str = "equal_step"
     feature_modules: tuple[str, ...] = ()
     feature_weight: float = 1.0
     bn_recalibration: bool = True
@@ -50,6 +52,7 @@ class CompressionConfig:
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
+        from compression_core.recon.allocation import ALLOCATIONS
         from compression_core.transforms.levels import TRANSFORM_KINDS
 
         def need(ok: bool, name: str, allowed: str) -> None:
@@ -69,7 +72,7 @@ class CompressionConfig:
         need(self.transform_lr > 0, "transform_lr", "must be > 0")
         need(self.weight_lr >= 0, "weight_lr", "must be ≥ 0")
         need(self.rate_weight >= 0, "rate_weight", "must be ≥ 0")
-        need(1.0 <= self.init_bits <= 16.0, "init_bits", "must be in [1, 16]")
+        need(self.allocation in ALLOCATIONS, "allocation", f"one of {ALLOCATIONS}")
         need(0.0 <= self.holdout_fraction < 1.0, "holdout_fraction", "must be in [0, 1)")
         need(self.min_coded_numel >= 1, "min_coded_numel", "must be ≥ 1")
         need(0.0 < self.ratio_tolerance < 0.5, "ratio_tolerance", "must be in (0, 0.5)")

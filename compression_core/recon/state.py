@@ -16,10 +16,11 @@ from compression_core.transforms import TensorPlan, Transform, make_transform, r
 
 class QuantizedState(nn.Module):
     """Latent weights (``latents``) and transforms (``transforms``) of every coded tensor, in state_dict order.
-    ModuleDict keys cannot contain dots, so entries are indexed by position and `names` maps back."""
+    ModuleDict keys cannot contain dots, so entries are indexed by position and `names` maps back. ``bits``
+    gives each coded tensor its initial bits per weight (`allocation.py`)."""
 
     def __init__(self, originals: dict[str, torch.Tensor], plans: list[TensorPlan], config: CompressionConfig,
-                 bits_per_weight: float) -> None:
+                 bits: dict[str, float]) -> None:
         super().__init__()
         self.config = config
         self.names: list[str] = []
@@ -29,11 +30,10 @@ class QuantizedState(nn.Module):
             if plan.kind is None:
                 continue
             w = originals[plan.name].detach().float().clone()
-            # Biases and norm scales are few but sensitive: start them finer than the weights.
-            bits = bits_per_weight if plan.kind != "linear" or w.dim() >= 2 else max(bits_per_weight + 4, 8.0)
             self.names.append(plan.name)
             self.latents.append(nn.Parameter(w, requires_grad=plan.learnable))
-            self.transforms.append(make_transform(plan.kind, w, per_channel=self.config.per_channel, bits=bits))
+            self.transforms.append(make_transform(plan.kind, w, per_channel=self.config.per_channel,
+                                                  bits=bits[plan.name]))
 
     def items(self) -> list[tuple[str, torch.Tensor, Transform]]:
         return list(zip(self.names, self.latents, self.transforms, strict=True))

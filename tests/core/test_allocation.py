@@ -1,0 +1,38 @@
+"""Initial bit allocation: equal step spends the budget and favours wide tensors; equal bits is uniform."""
+
+import pytest
+import torch
+
+from compression_core.config import CompressionConfig, ConfigError
+from compression_core.recon.allocation import VECTOR_BITS, initial_bits
+
+
+def _weights():
+    g = torch.Generator().manual_seed(0)
+    return {"wide": torch.randn(64, 9, generator=g) * 1.0, "narrow": torch.randn(256, 64, generator=g) * 0.02}
+
+
+def test_equal_step_spends_the_budget_and_gives_wide_tensors_more_bits():
+    weights = _weights()
+    vectors = {"bias": torch.randn(64)}
+    budget = 3.0 * sum(w.numel() for w in weights.values()) + VECTOR_BITS * 64
+    bits = initial_bits(weights, vectors, budget, "equal_step", 1.5)
+    assert bits["bias"] == VECTOR_BITS
+    # log2(1.0 / 0.02) ≈ 5.6 bits more resolution for the wide tensor at one common step.
+    assert bits["wide"] > bits["narrow"] + 4.0
+    spent = sum(bits[k] * w.numel() for k, w in weights.items()) + VECTOR_BITS * 64
+    assert spent == pytest.approx(budget, rel=0.02)
+
+
+def test_equal_bits_is_uniform_and_degenerate_tensors_are_safe():
+    weights = _weights()
+    bits = initial_bits(weights, {}, 2.0 * sum(w.numel() for w in weights.values()), "equal_bits", 1.5)
+    assert bits["wide"] == bits["narrow"] == 2.0
+    zeros = {"z": torch.zeros(10, 10), "e": torch.zeros(0, 3)}
+    bits = initial_bits(zeros, {}, 100.0, "equal_step", 1.5)
+    assert set(bits) == {"z", "e"} and all(b > 0 for b in bits.values())
+
+
+def test_unknown_allocation_is_a_config_error():
+    with pytest.raises(ConfigError, match="allocation"):
+        CompressionConfig(allocation="greedy")
