@@ -42,7 +42,7 @@ class CompressionOptions(_Strict):
     transform_lr: float | None = Field(None, gt=0)
     weight_lr: float | None = Field(None, ge=0)
     rate_weight: float | None = Field(None, ge=0)
-    allocation: Literal["equal_step", "equal_bits"] | None = None
+    allocation: Literal["sensitivity", "equal_step", "equal_bits"] | None = None
     feature_modules: list[str] | None = None
     feature_weight: float | None = Field(None, ge=0)
     bn_recalibration: bool | None = None
@@ -273,3 +273,4 @@ class ReadyPublic(BaseModel):
 
 
 Limit = Annotated[int, Field(ge=1, le=500)]
+Offset = Annotated[int, Field(ge=0)]

@@ -35,12 +35,27 @@ STALE_AFTER_S = 60.0
 MAX_ATTEMPTS = 3
 
 
-def _lost_too_often(attempts: int, worker: str | None) -> str:
-    return (
+def _fail_lost_too_often(session, job_id, where: tuple, attempts: int, worker: str | None) -> None:
+    """Fail (and commit) a job whose worker died ``attempts`` times, if its row still matches ``where``:
+    retrying it once more would probably only kill the next worker too (see ``MAX_ATTEMPTS``)."""
+    from api.job_end import end_job
+
+    message = (
         f"the worker process running this job stopped {attempts} times (last on {worker}) without finishing "
         "it, most likely killed for lack of memory; lower options.batch_size or the calibration "
         "max_samples, or use a worker with more memory, then resubmit"
     )
+    end_job(session, job_id, where, "failed", message, error=message)
+    session.commit()
+
+
+def still_claimed_by(job_id, owner: str | None, attempt: int) -> tuple:
+    """WHERE conditions that match the job's row only while attempt number ``attempt`` of ``owner`` still
+    runs it. Every write of an attempt (and of the sweep that ends it) is conditional on them, so an attempt
+    presumed dead and replaced can never overwrite what its successor wrote."""
+    from api.models import Job
+
+    return (Job.id == job_id, Job.state == "running", Job.worker == owner, Job.attempts == attempt)
 
 
 def owner_identity() -> str:
@@ -104,6 +119,7 @@ def claim_job(
     job_id, session_factory, *, stale_after_s: float, me: str | None = None
 ) -> tuple[Outcome, Claim | None]:
     """Try to make this process the job's running attempt (see the module docstring)."""
+    from api.job_end import end_job
     from api.models import Job, JobEvent
 
     me = me or owner_identity()
@@ -121,39 +137,12 @@ def claim_job(
         previous = job.attempts or 0
         prev_state, prev_worker = job.state, job.worker  # the UPDATEs below refresh ``job``
         now = utcnow()
+        unchanged = (Job.id == job_id, Job.state == prev_state, Job.attempts == previous)
         if prev_state == "running" and previous >= MAX_ATTEMPTS and prev_worker != me:
-            message = _lost_too_often(previous, prev_worker)
-            done = session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.state == "running", Job.attempts == previous)
-                .values(
-                    state="failed",
-                    phase="failed",
-                    error=message,
-                    finished_at=now,
-                    updated_at=now,
-                    eta_seconds=None,
-                )
-            ).rowcount
-            if done:
-                session.add(JobEvent(job_id=job_id, state="failed", phase="failed", message=message))
-            session.commit()
+            _fail_lost_too_often(session, job_id, unchanged, previous, prev_worker)
             return Outcome.ENDED, None
         if job.cancel_requested:
-            done = session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.state == prev_state, Job.attempts == previous)
-                .values(state="canceled", phase="canceled", finished_at=now, updated_at=now, eta_seconds=None)
-            ).rowcount
-            if done:
-                session.add(
-                    JobEvent(
-                        job_id=job_id,
-                        state="canceled",
-                        phase="canceled",
-                        message="canceled before the worker started it",
-                    )
-                )
+            end_job(session, job_id, unchanged, "canceled", "canceled before the worker started it")
             session.commit()
             return Outcome.ENDED, None
         values = dict(
@@ -168,11 +157,7 @@ def claim_job(
         )
         if job.started_at is None:
             values["started_at"] = now
-        won = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state == prev_state, Job.attempts == previous)
-            .values(**values)
-        ).rowcount
+        won = session.execute(update(Job).where(*unchanged).values(**values)).rowcount
         if not won:
             session.rollback()
             return Outcome.BUSY, None
@@ -206,29 +191,14 @@ def requeue_abandoned(
         for job_id, worker, heartbeat, attempts, queue in rows:
             if not attempt_is_dead(worker, heartbeat, stale_after_s=stale_after_s):
                 continue
-            guard = (Job.id == job_id, Job.state == "running", Job.worker == worker, Job.attempts == attempts)
-            now = utcnow()
+            guard = still_claimed_by(job_id, worker, attempts)
             if attempts >= MAX_ATTEMPTS:
-                message = _lost_too_often(attempts, worker)
-                if session.execute(
-                    update(Job)
-                    .where(*guard)
-                    .values(
-                        state="failed",
-                        phase="failed",
-                        error=message,
-                        finished_at=now,
-                        updated_at=now,
-                        eta_seconds=None,
-                    )
-                ).rowcount:
-                    session.add(JobEvent(job_id=job_id, state="failed", phase="failed", message=message))
-                session.commit()
+                _fail_lost_too_often(session, job_id, guard, attempts, worker)
                 continue
             done = session.execute(
                 update(Job)
                 .where(*guard)
-                .values(state="queued", phase="queued", eta_seconds=None, updated_at=now)
+                .values(state="queued", phase="queued", eta_seconds=None, updated_at=utcnow())
             ).rowcount
             if not done:
                 continue

@@ -23,7 +23,7 @@ from pathlib import Path
 from sqlalchemy import delete, select, update
 
 from worker.artifacts import ArtifactPaths, publish, sha256_of
-from worker.claims import STALE_AFTER_S, Claim, Outcome, claim_job
+from worker.claims import STALE_AFTER_S, Claim, Outcome, claim_job, still_claimed_by
 from worker.progress import Heartbeat, ProgressWriter, utcnow
 
 log = logging.getLogger(__name__)
@@ -265,19 +265,14 @@ class JobRun:
                 device=job.device,
             )
 
-    def _claimed(self, Job):
-        return (
-            Job.id == self.claim.job_id,
-            Job.state == "running",
-            Job.worker == self.claim.owner,
-            Job.attempts == self.claim.attempt,
-        )
+    def _claimed(self) -> tuple:
+        return still_claimed_by(self.claim.job_id, self.claim.owner, self.claim.attempt)
 
     def assert_still_claimed(self) -> None:
         from api.models import Job
 
         with self.session_factory() as session:
-            if session.execute(select(Job.id).where(*self._claimed(Job))).first() is None:
+            if session.execute(select(Job.id).where(*self._claimed())).first() is None:
                 raise AttemptLost(f"job {self.claim.job_id}: attempt {self.claim.attempt} was replaced")
 
     def record_success(self, result, file_bytes: int, digest: str, evaluation: dict) -> None:
@@ -288,7 +283,7 @@ class JobRun:
         with self.session_factory() as session:
             won = session.execute(
                 update(Job)
-                .where(*self._claimed(Job))
+                .where(*self._claimed())
                 .values(
                     state="succeeded",
                     phase="done",
@@ -343,26 +338,10 @@ class JobRun:
             session.commit()
 
     def finish(self, state: str, *, message: str, error: str | None = None) -> None:
-        from api.models import Job, JobEvent
+        from api.job_end import end_job
 
-        now = utcnow()
         with self.session_factory() as session:
-            won = session.execute(
-                update(Job)
-                .where(*self._claimed(Job))
-                .values(
-                    state=state,
-                    phase=state,
-                    finished_at=now,
-                    updated_at=now,
-                    eta_seconds=None,
-                    error=error,
-                )
-            ).rowcount
-            if won:
-                session.add(
-                    JobEvent(job_id=self.claim.job_id, state=state, phase=state, message=message[:4000])
-                )
+            end_job(session, self.claim.job_id, self._claimed(), state, message[:4000], error=error)
             session.commit()
 
     def cleanup(self) -> None:

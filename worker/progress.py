@@ -125,17 +125,11 @@ class ProgressWriter:
 
     def _write(self, values: dict, event_message: str | None) -> None:
         from api.models import Job, JobEvent
+        from worker.claims import still_claimed_by  # not at the top: worker.claims imports this module
 
         with self.session_factory() as session:
             result = session.execute(
-                update(Job)
-                .where(
-                    Job.id == self.job_id,
-                    Job.state == "running",
-                    Job.worker == self.owner,
-                    Job.attempts == self.attempt,
-                )
-                .values(**values)
+                update(Job).where(*still_claimed_by(self.job_id, self.owner, self.attempt)).values(**values)
             )
             if result.rowcount and event_message:
                 session.add(
@@ -193,16 +187,12 @@ class Heartbeat:
 
     def beat(self) -> None:
         from api.models import Job
+        from worker.claims import still_claimed_by  # not at the top: worker.claims imports this module
 
         with self.session_factory() as session:
             row = session.execute(
                 update(Job)
-                .where(
-                    Job.id == self.job_id,
-                    Job.state == "running",
-                    Job.worker == self.owner,
-                    Job.attempts == self.attempt,
-                )
+                .where(*still_claimed_by(self.job_id, self.owner, self.attempt))
                 .values(updated_at=utcnow())
                 .returning(Job.cancel_requested)
             ).first()

@@ -5,18 +5,12 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from api.deps import CallerDep, ContextDep, SessionDep
-from api.schemas import ERROR_RESPONSES, CheckpointPublic, CheckpointsPublic, Limit, Message
+from api.routes.stored_files import BINARY_BODY, IN_USE_RESPONSE, TOO_LARGE_RESPONSE
+from api.schemas import ERROR_RESPONSES, CheckpointPublic, CheckpointsPublic, Limit, Offset
 from api.services import checkpoints as service
 from api.services.uploads import check_declared_length
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"], responses=ERROR_RESPONSES)
-
-BINARY_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-    }
-}
 
 
 @router.post(
@@ -25,7 +19,7 @@ BINARY_BODY = {
     response_model=CheckpointPublic,
     openapi_extra=BINARY_BODY,
     summary="Upload a checkpoint (raw bytes as the body)",
-    responses={413: {"model": Message, "description": "larger than L2_MAX_UPLOAD_BYTES; nothing stored"}},
+    responses=TOO_LARGE_RESPONSE,
 )
 async def upload_checkpoint(
     request: Request,
@@ -50,9 +44,7 @@ async def upload_checkpoint(
 
 
 @router.get("", response_model=CheckpointsPublic, summary="List your checkpoints (newest first)")
-def list_checkpoints(
-    session: SessionDep, caller: CallerDep, limit: Limit = 50, offset: Annotated[int, Query(ge=0)] = 0
-):
+def list_checkpoints(session: SessionDep, caller: CallerDep, limit: Limit = 50, offset: Offset = 0):
     rows, total = service.list_(session, caller, limit, offset)
     return CheckpointsPublic(data=[CheckpointPublic.model_validate(r) for r in rows], total=total)
 
@@ -65,7 +57,7 @@ def get_checkpoint(checkpoint_id: str, session: SessionDep, caller: CallerDep):
 @router.delete(
     "/{checkpoint_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={409: {"model": Message, "description": "a queued or running job uses it"}},
+    responses=IN_USE_RESPONSE,
 )
 def delete_checkpoint(checkpoint_id: str, ctx: ContextDep, session: SessionDep, caller: CallerDep) -> None:
     service.delete(ctx, session, caller, checkpoint_id)

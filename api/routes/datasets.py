@@ -5,8 +5,8 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from api.deps import CallerDep, ContextDep, SessionDep
-from api.routes.checkpoints import BINARY_BODY
-from api.schemas import ERROR_RESPONSES, DatasetCreate, DatasetPublic, DatasetsPublic, Limit, Message
+from api.routes.stored_files import BINARY_BODY, IN_USE_RESPONSE, TOO_LARGE_RESPONSE
+from api.schemas import ERROR_RESPONSES, DatasetCreate, DatasetPublic, DatasetsPublic, Limit, Message, Offset
 from api.services import datasets as service
 from api.services.uploads import check_declared_length
 
@@ -34,7 +34,7 @@ def register_dataset(
     response_model=DatasetPublic,
     openapi_extra=BINARY_BODY,
     summary="Upload calibration data: an image archive (.zip/.tar/.tar.gz) or a tensor file (raw body)",
-    responses={413: {"model": Message, "description": "larger than L2_MAX_UPLOAD_BYTES; nothing stored"}},
+    responses=TOO_LARGE_RESPONSE,
 )
 async def upload_dataset(
     request: Request,
@@ -60,9 +60,7 @@ async def upload_dataset(
 
 
 @router.get("", response_model=DatasetsPublic, summary="List your datasets (newest first)")
-def list_datasets(
-    session: SessionDep, caller: CallerDep, limit: Limit = 50, offset: Annotated[int, Query(ge=0)] = 0
-):
+def list_datasets(session: SessionDep, caller: CallerDep, limit: Limit = 50, offset: Offset = 0):
     rows, total = service.list_(session, caller, limit, offset)
     return DatasetsPublic(data=[DatasetPublic.model_validate(r) for r in rows], total=total)
 
@@ -75,7 +73,7 @@ def get_dataset(dataset_id: str, session: SessionDep, caller: CallerDep):
 @router.delete(
     "/{dataset_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={409: {"model": Message, "description": "a queued or running job uses it"}},
+    responses=IN_USE_RESPONSE,
 )
 def delete_dataset(dataset_id: str, ctx: ContextDep, session: SessionDep, caller: CallerDep) -> None:
     service.delete(ctx, session, caller, dataset_id)

@@ -4,7 +4,7 @@ import base64
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Response, status
 from fastapi.responses import FileResponse
 
 from api.deps import CallerDep, ContextDep, SessionDep
@@ -20,6 +20,7 @@ from api.schemas import (
     LayerResultsPublic,
     Limit,
     Message,
+    Offset,
 )
 from api.services import jobs as service
 
@@ -62,7 +63,7 @@ def list_jobs(
     state: JobState | None = None,
     created_after: datetime | None = None,
     limit: Limit = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ):
     rows, total = service.list_(
         session, caller, state=state, created_after=created_after, limit=limit, offset=offset

@@ -9,19 +9,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from pydantic import ValidationError
-from sqlalchemy import func, or_, select
+from sqlalchemy import or_
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 from api.auth import Caller
 from api.deps import AppContext
-from api.errors import Conflict, Forbidden, NotFound, Unprocessable
-from api.models import Dataset, Job, new_id
+from api.errors import Conflict, Forbidden, Unprocessable
+from api.models import Dataset, Job
 from api.schemas import CalibrationSpecIn, DatasetCreate
-from api.services.uploads import receive
+from api.services.jobs import unfinished_job_using
+from api.services.owned import get_owned, list_owned
+from api.services.uploads import store_upload
 
 KIND = "datasets"
-ACTIVE_STATES = ("queued", "running")
 
 
 def parse_spec(text: str | None) -> CalibrationSpecIn:
@@ -55,40 +55,18 @@ async def upload(
     filename: str,
     spec: CalibrationSpecIn,
 ) -> Dataset:
-    object_id = new_id()
-    stored = await receive(
-        ctx.storage,
+    return await store_upload(
+        ctx,
+        caller,
         chunks,
         kind=KIND,
-        tenant_id=caller.tenant_id,
-        object_id=object_id,
+        model=Dataset,
         filename=filename,
-        limit=ctx.settings.max_upload_bytes,
+        metric_kind="dataset",
+        name=name or filename,
+        source="upload",
+        spec=_spec_dict(spec),
     )
-    ctx.metrics.upload_bytes.labels(kind="dataset").inc(stored.size_bytes)
-
-    def save() -> Dataset:
-        with ctx.session_factory() as session:
-            row = Dataset(
-                id=object_id,
-                tenant_id=caller.tenant_id,
-                name=name or filename,
-                source="upload",
-                path=stored.path,
-                filename=filename,
-                size_bytes=stored.size_bytes,
-                sha256=stored.sha256,
-                spec=_spec_dict(spec),
-            )
-            session.add(row)
-            session.commit()
-            return row
-
-    try:
-        return await run_in_threadpool(save)
-    except BaseException:
-        ctx.storage.delete_object(KIND, caller.tenant_id, object_id)
-        raise
 
 
 def resolve_allowed_path(raw: str, roots: list[Path]) -> Path:
@@ -129,39 +107,17 @@ def register(session: Session, caller: Caller, body: DatasetCreate, roots: list[
 
 
 def get(session: Session, caller: Caller, dataset_id: str) -> Dataset:
-    row = session.execute(
-        select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == caller.tenant_id)
-    ).scalar_one_or_none()
-    if row is None:
-        raise NotFound.of("dataset", dataset_id, "list yours with GET /v1/datasets")
-    return row
+    return get_owned(session, Dataset, caller, dataset_id, "dataset", "list yours with GET /v1/datasets")
 
 
 def list_(session: Session, caller: Caller, limit: int, offset: int) -> tuple[list[Dataset], int]:
-    where = Dataset.tenant_id == caller.tenant_id
-    total = session.execute(select(func.count()).select_from(Dataset).where(where)).scalar_one()
-    rows = (
-        session.execute(
-            select(Dataset)
-            .where(where)
-            .order_by(Dataset.created_at.desc(), Dataset.id)
-            .limit(limit)
-            .offset(offset)
-        )
-        .scalars()
-        .all()
-    )
-    return list(rows), total
+    return list_owned(session, Dataset, caller, limit=limit, offset=offset)
 
 
 def delete(ctx: AppContext, session: Session, caller: Caller, dataset_id: str) -> None:
     """Delete the row, and the file when it was uploaded (registered server data is never touched)."""
     row = get(session, caller, dataset_id)
-    active = session.execute(
-        select(Job.id)
-        .where(or_(Job.dataset_id == row.id, Job.eval_dataset_id == row.id), Job.state.in_(ACTIVE_STATES))
-        .limit(1)
-    ).scalar_one_or_none()
+    active = unfinished_job_using(session, or_(Job.dataset_id == row.id, Job.eval_dataset_id == row.id))
     if active is not None:
         raise Conflict(
             f"dataset {dataset_id!r} is used by job {active!r}, which has not finished; cancel it or "

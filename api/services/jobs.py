@@ -14,15 +14,17 @@ import logging
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.auth import Caller
 from api.deps import AppContext
-from api.errors import Conflict, Gone, NotFound, Unavailable
+from api.errors import Conflict, Gone, Unavailable
+from api.job_end import end_job
 from api.models import TERMINAL_STATES, Checkpoint, Dataset, Job, JobEvent, LayerResult, utcnow
 from api.schemas import ArtifactInfo, JobCreate, JobPublic
+from api.services.owned import get_owned, list_owned
 from api.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,13 +46,62 @@ def fingerprint(body: JobCreate) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _owned(session: Session, model, object_id: str, caller: Caller, field: str, hint: str):
-    row = session.execute(
-        select(model).where(model.id == object_id, model.tenant_id == caller.tenant_id)
-    ).scalar_one_or_none()
-    if row is None:
-        raise NotFound(f"{field} {object_id!r} not found; {hint}")
-    return row
+# What a job refers to, checked at submission: (request field, model, what to do when it is not found).
+_REFERENCES = (
+    (
+        "checkpoint_id",
+        Checkpoint,
+        "upload the checkpoint with POST /v1/checkpoints and use the id it returns",
+    ),
+    ("dataset_id", Dataset, "upload or register the calibration data with POST /v1/datasets first"),
+    ("eval_dataset_id", Dataset, "upload or register the evaluation data with POST /v1/datasets first"),
+)
+# Request fields a job stores as they were sent.
+_FROM_REQUEST = (
+    "checkpoint_id",
+    "dataset_id",
+    "eval_dataset_id",
+    "architecture",
+    "arch_kwargs",
+    "target_ratio",
+    "device",
+)
+# `JobPublic` fields shown exactly as the row stores them; `to_public` derives the others or defaults them.
+_SHOWN_AS_STORED = (
+    "id",
+    "state",
+    "phase",
+    "eta_seconds",
+    "latest_losses",
+    "estimated_ratio",
+    "target_ratio",
+    "true_ratio",
+    "original_bytes",
+    "checkpoint_id",
+    "dataset_id",
+    "eval_dataset_id",
+    "architecture",
+    "device",
+    "queue",
+    "error",
+    "evaluation",
+    "idempotency_key",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "updated_at",
+)
+
+# Jobs in these states may still read their checkpoint and datasets.
+UNFINISHED_STATES = ("queued", "running")
+
+
+def _check_references(session: Session, caller: Caller, body: JobCreate) -> None:
+    """Refuse (404) a job that names a checkpoint or dataset the caller does not have."""
+    for field, model, hint in _REFERENCES:
+        object_id = getattr(body, field)
+        if object_id is not None:
+            get_owned(session, model, caller, object_id, field, hint)
 
 
 def _by_idempotency_key(session: Session, caller: Caller, key: str) -> Job | None:
@@ -77,42 +128,12 @@ def create(
         existing = _by_idempotency_key(session, caller, idempotency_key)
         if existing is not None:
             return _replay(existing, digest, idempotency_key), False
-    _owned(
-        session,
-        Checkpoint,
-        body.checkpoint_id,
-        caller,
-        "checkpoint_id",
-        "upload the checkpoint with POST /v1/checkpoints and use the id it returns",
-    )
-    _owned(
-        session,
-        Dataset,
-        body.dataset_id,
-        caller,
-        "dataset_id",
-        "upload or register the calibration data with POST /v1/datasets first",
-    )
-    if body.eval_dataset_id is not None:
-        _owned(
-            session,
-            Dataset,
-            body.eval_dataset_id,
-            caller,
-            "eval_dataset_id",
-            "upload or register the evaluation data with POST /v1/datasets first",
-        )
+    _check_references(session, caller, body)
     queue = choose_queue(body.device, ctx.settings)
     job = Job(
+        **{field: getattr(body, field) for field in _FROM_REQUEST},
         tenant_id=caller.tenant_id,
-        checkpoint_id=body.checkpoint_id,
-        dataset_id=body.dataset_id,
-        eval_dataset_id=body.eval_dataset_id,
-        architecture=body.architecture,
-        arch_kwargs=body.arch_kwargs,
-        target_ratio=body.target_ratio,
         options=body.options.model_dump(mode="json", exclude_none=True),
-        device=body.device,
         queue=queue,
         state="queued",
         phase="queued",
@@ -159,12 +180,7 @@ def _enqueue(ctx: AppContext, session: Session, job: Job) -> None:
 
 
 def get(session: Session, caller: Caller, job_id: str) -> Job:
-    job = session.execute(
-        select(Job).where(Job.id == job_id, Job.tenant_id == caller.tenant_id)
-    ).scalar_one_or_none()
-    if job is None:
-        raise NotFound.of("job", job_id, "list yours with GET /v1/jobs")
-    return job
+    return get_owned(session, Job, caller, job_id, "job", "list yours with GET /v1/jobs")
 
 
 def list_(
@@ -176,44 +192,35 @@ def list_(
     limit: int,
     offset: int,
 ) -> tuple[list[Job], int]:
-    conditions = [Job.tenant_id == caller.tenant_id]
+    conditions = []
     if state is not None:
         conditions.append(Job.state == state)
     if created_after is not None:
         conditions.append(Job.created_at > created_after)
-    total = session.execute(select(func.count()).select_from(Job).where(*conditions)).scalar_one()
-    rows = (
-        session.execute(
-            select(Job).where(*conditions).order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
-        )
-        .scalars()
-        .all()
-    )
-    return list(rows), total
+    return list_owned(session, Job, caller, *conditions, limit=limit, offset=offset)
+
+
+def unfinished_job_using(session: Session, uses) -> str | None:
+    """The id of a queued or running job for which ``uses`` (a condition on `Job`) holds, if there is one:
+    a checkpoint or dataset such a job uses must not be deleted under it."""
+    return session.execute(
+        select(Job.id).where(uses, Job.state.in_(UNFINISHED_STATES)).limit(1)
+    ).scalar_one_or_none()
 
 
 def cancel(session: Session, caller: Caller, job_id: str) -> Job:
     """queued → canceled now; running → ``cancel_requested`` (the worker's heartbeat sees it within about a
     second and stops); finished → 409. Conditional updates make a race with the worker's claim safe."""
     job = get(session, caller, job_id)
-    now = utcnow()
-    done = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.state == "queued")
-        .values(
-            state="canceled",
-            phase="canceled",
-            cancel_requested=True,
-            finished_at=now,
-            updated_at=now,
-            eta_seconds=None,
-        )
-    ).rowcount
-    if done:
-        session.add(
-            JobEvent(job_id=job.id, state="canceled", phase="canceled", message="canceled while queued")
-        )
-    else:
+    done = end_job(
+        session,
+        job.id,
+        (Job.id == job.id, Job.state == "queued"),
+        "canceled",
+        "canceled while queued",
+        cancel_requested=True,
+    )
+    if not done:
         done = session.execute(
             update(Job)
             .where(Job.id == job.id, Job.state == "running")
@@ -282,36 +289,16 @@ def to_public(job: Job) -> JobPublic:
         artifact = ArtifactInfo(
             url=f"/v1/jobs/{job.id}/artifact", bytes=job.artifact_bytes, sha256=job.artifact_sha256
         )
+    progress = job.progress or 0.0
     return JobPublic(
-        id=job.id,
-        state=job.state,
-        phase=job.phase,
-        progress=job.progress or 0.0,
-        progress_percent=round(100.0 * (job.progress or 0.0), 1),
-        eta_seconds=job.eta_seconds,
-        latest_losses=job.latest_losses,
-        estimated_ratio=job.estimated_ratio,
-        target_ratio=job.target_ratio,
-        true_ratio=job.true_ratio,
-        original_bytes=job.original_bytes,
-        checkpoint_id=job.checkpoint_id,
-        dataset_id=job.dataset_id,
-        eval_dataset_id=job.eval_dataset_id,
-        architecture=job.architecture,
+        **{field: getattr(job, field) for field in _SHOWN_AS_STORED},
+        progress=progress,
+        progress_percent=round(100.0 * progress, 1),
         arch_kwargs=job.arch_kwargs or {},
         options=job.options or {},
-        device=job.device,
-        queue=job.queue,
         cancel_requested=bool(job.cancel_requested),
-        error=job.error,
-        evaluation=job.evaluation,
         artifact=artifact,
         attempts=job.attempts or 0,
-        idempotency_key=job.idempotency_key,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        updated_at=job.updated_at,
     )
 
 

@@ -1,11 +1,20 @@
-"""Streaming an upload to storage with the size limit enforced before and while reading."""
+"""Streaming an upload to storage with the size limit enforced before and while reading, then saving the row
+that records it."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
+from starlette.concurrency import run_in_threadpool
+
+from api.auth import Caller
+from api.deps import AppContext
 from api.errors import PayloadTooLarge, Unprocessable
+from api.models import new_id
 from api.storage import EmptyUpload, LocalStorage, StoredFile, UploadTooLarge
+
+Row = TypeVar("Row")
 
 
 def check_declared_length(content_length: str | None, limit: int) -> None:
@@ -46,3 +55,51 @@ async def receive(
         raise PayloadTooLarge(too_large_message(limit)) from exc
     except EmptyUpload as exc:
         raise Unprocessable(str(exc)) from exc
+
+
+async def store_upload(
+    ctx: AppContext,
+    caller: Caller,
+    chunks: AsyncIterator[bytes],
+    *,
+    kind: str,
+    model: type[Row],
+    filename: str,
+    metric_kind: str,
+    **columns,
+) -> Row:
+    """Store the upload under a new id, then save the caller's row of ``model`` that records the file (its
+    id, name, path, size and SHA-256) with ``columns`` besides. If the row cannot be saved (or the request
+    is cancelled meanwhile) the file is deleted again, so no file is left on disk without a row for it."""
+    object_id = new_id()
+    stored = await receive(
+        ctx.storage,
+        chunks,
+        kind=kind,
+        tenant_id=caller.tenant_id,
+        object_id=object_id,
+        filename=filename,
+        limit=ctx.settings.max_upload_bytes,
+    )
+    ctx.metrics.upload_bytes.labels(kind=metric_kind).inc(stored.size_bytes)
+
+    def save() -> Row:
+        with ctx.session_factory() as session:
+            row = model(
+                id=object_id,
+                tenant_id=caller.tenant_id,
+                filename=filename,
+                path=stored.path,
+                size_bytes=stored.size_bytes,
+                sha256=stored.sha256,
+                **columns,
+            )
+            session.add(row)
+            session.commit()
+            return row
+
+    try:
+        return await run_in_threadpool(save)
+    except BaseException:
+        ctx.storage.delete_object(kind, caller.tenant_id, object_id)
+        raise
