@@ -24,6 +24,7 @@ from compression_core.recon.batchnorm import has_batchnorm, recalibrate_batchnor
 from compression_core.recon.budget import Budget, UnreachableTargetError, measure_file_bytes
 from compression_core.recon.finalize import build_contents, dtype_name, fit_target
 from compression_core.recon.losses import distillation_distance
+from compression_core.recon.sensitivity import weight_sensitivity
 from compression_core.recon.schedule import Reporter, run_schedule
 from compression_core.recon.state import QuantizedState
 from compression_core.report import RunSummary, file_metadata, layer_report, original_bytes
@@ -117,7 +118,11 @@ def compress(model: torch.nn.Module, calibration: Inputs, target_ratio: float, *
     coded = [p for p in plans if p.kind is not None]
     vectors = {p.name: work_sd[p.name] for p in coded if p.kind == "linear" and work_sd[p.name].dim() < 2}
     weights = {p.name: work_sd[p.name] for p in coded if p.name not in vectors}
-    start_bits = initial_bits(weights, vectors, budget.payload_bits(init_side), config.allocation, _MIN_INIT_BITS)
+    sensitivity = None
+    if config.allocation == "sensitivity" and weights:
+        sensitivity = weight_sensitivity(work, list(weights), train_inputs, config.batch_size, device, config.seed)
+    start_bits = initial_bits(weights, vectors, budget.payload_bits(init_side), config.allocation,
+                              _MIN_INIT_BITS, sensitivity)
     state = QuantizedState({k: work_sd[k] for k in original_sd}, plans, config, start_bits).to(device)
 
     cache = {"step": 0, "value": init_side}

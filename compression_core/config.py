@@ -23,8 +23,8 @@ class CompressionConfig:
     ``rounds`` alternations of ``transform_iters`` (transform parameters + rate term) and ``weight_iters``
     (latent weights + rate term), each iteration on one calibration batch of ``batch_size``.
     ``rate_weight`` is λ of the normalised hinge λ·ReLU(S − B)/B. ``allocation`` is where the bits start:
-    ``equal_step`` (one quantization step for every weight, spending the budget) or ``equal_bits`` (the same
-    bits per weight in every tensor); see `recon/allocation.py`.
+    ``sensitivity`` (steps ∝ 1/√(measured sensitivity), spending the budget), ``equal_step`` (one step for
+    every weight) or ``equal_bits`` (the same bits per weight in every tensor); see `recon/allocation.py`.
     ``holdout_fraction`` of the calibration samples is never used for optimization, only to report accuracy.
     """
 
@@ -40,7 +40,7 @@ class CompressionConfig:
     transform_lr: float = 1e-2
     weight_lr: float = 1e-4
     rate_weight: float = 10.0
-    allocation: str = "equal_step"
+    allocation: str = "sensitivity"
     feature_modules: tuple[str, ...] = ()
     feature_weight: float = 1.0
     bn_recalibration: bool = True

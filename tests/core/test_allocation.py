@@ -36,3 +36,30 @@ def test_equal_bits_is_uniform_and_degenerate_tensors_are_safe():
 def test_unknown_allocation_is_a_config_error():
     with pytest.raises(ConfigError, match="allocation"):
         CompressionConfig(allocation="greedy")
+
+
+class _TwoBranches(torch.nn.Module):
+    """Same weights statistics, but the output cares 100× more about branch a than about branch b."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(32, 16)
+        self.b = torch.nn.Linear(32, 16)
+
+    def forward(self, x):
+        return self.a(x) + 0.01 * self.b(x)
+
+
+def test_sensitivity_ranks_tensors_by_what_the_output_cares_about_and_steers_the_bits():
+    from compression_core.recon.sensitivity import weight_sensitivity
+
+    torch.manual_seed(0)
+    model = _TwoBranches().requires_grad_(False)
+    inputs = torch.randn(64, 32)
+    names = ["a.weight", "b.weight"]
+    h = weight_sensitivity(model, names, inputs, batch_size=32, device=torch.device("cpu"), seed=0)
+    assert h["a.weight"] > 1000 * h["b.weight"] > 0  # 100² in expectation
+    assert not any(p.requires_grad for p in model.parameters()), "requires_grad must be restored"
+    weights = {n: dict(model.named_parameters())[n] for n in names}
+    bits = initial_bits(weights, {}, 3.0 * 1024, "sensitivity", 1.5, h)
+    assert bits["a.weight"] > bits["b.weight"] + 3.0
