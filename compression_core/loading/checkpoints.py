@@ -33,6 +33,7 @@ from torch import nn
 from compression_core.loading import formats
 from compression_core.loading.architectures import build_architecture
 from compression_core.loading.errors import CheckpointError
+from compression_core.loading.fixed_batch import accept_any_batch
 from compression_core.loading.state_dicts import StateDictLayout, check_keys, load_into, unwrap
 
 Form = Literal["state_dict", "export", "torchscript"]
@@ -187,13 +188,16 @@ def _load_export(path: Path, digest: str) -> LoadedModel:
         vars(module).pop(name, None)
     notes = ["exported program: train/eval behaviour fixed at export time"]
     fixed = _fixed_batch_sizes(program)
+    sizes = set(fixed.values())
     if fixed:
         names = ", ".join(f"{k}: {{0: torch.export.Dim('batch')}}" for k in fixed)
+        how = "calls are split into chunks of that size (slower)" if len(sizes) == 1 else "calls must use them"
         notes.append(
-            f"inputs {fixed} were exported with a fixed leading (batch) size, so every call must use exactly "
-            f"that batch size; re-export with dynamic_shapes={{{names}}} to accept any batch size"
+            f"inputs {fixed} were exported with a fixed leading (batch) size, so {how}; re-export with "
+            f"dynamic_shapes={{{names}}} to accept any batch size"
         )
-    sizes = set(fixed.values())
+        if len(sizes) == 1:
+            module = accept_any_batch(module, next(iter(sizes)))
     return LoadedModel(
         module.eval(),
         "export",
@@ -202,7 +206,7 @@ def _load_export(path: Path, digest: str) -> LoadedModel:
         "pt2",
         program=program,
         notes=notes,
-        fixed_batch_size=sizes.pop() if len(sizes) == 1 else None,
+        fixed_batch_size=next(iter(sizes)) if len(sizes) == 1 else None,
     )
 
 
@@ -284,10 +288,17 @@ def _write_state_dict(loaded: LoadedModel, state_dict: Mapping[str, torch.Tensor
 
 
 def _write_export(loaded: LoadedModel, state_dict: Mapping[str, torch.Tensor], out_path: Path) -> None:
-    program = copy.deepcopy(loaded.program)
-    for key, old in list(program.state_dict.items()):
-        new = state_dict[key].detach().to("cpu", old.dtype).clone()
-        program.state_dict[key] = (
-            nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
-        )
-    torch.export.save(program, str(out_path))
+    """Save the loaded program with the new weights swapped in for the duration of the save. (A deep copy of
+    the program would be simpler, but copying renames graph inputs such as nn.Sequential's ``input`` and the
+    copy then fails torch's own verifier.)"""
+    program = loaded.program
+    originals = dict(program.state_dict)
+    try:
+        for key, old in originals.items():
+            new = state_dict[key].detach().to("cpu", old.dtype).clone()
+            program.state_dict[key] = (
+                nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
+            )
+        torch.export.save(program, str(out_path))
+    finally:
+        program.state_dict.update(originals)

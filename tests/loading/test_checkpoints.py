@@ -249,11 +249,29 @@ def test_exported_resnet_with_dynamic_batch_runs_any_batch_size(tmp_path, resnet
     assert_same_weights(dict(load_model(tmp_path / "out.pt2").model.state_dict()), decoded)
 
 
-def test_exported_program_with_fixed_batch_says_how_to_re_export(tmp_path, small):
+def test_exported_program_with_fixed_batch_takes_any_batch_and_says_how_to_re_export(tmp_path, small):
     torch.export.save(torch.export.export(small, (torch.randn(3, 3, 8, 8),)), tmp_path / "m.pt2")
     loaded = load_model(tmp_path / "m.pt2")
     assert loaded.fixed_batch_size == 3
     assert any("dynamic_shapes={x: {0: torch.export.Dim('batch')}}" in n for n in loaded.notes)
+    assert list(loaded.model.state_dict()) == list(small.state_dict())
+    for n in (1, 3, 7):  # smaller, equal and larger than the exported batch (chunked, last chunk padded)
+        x = torch.randn(n, 3, 8, 8)
+        torch.testing.assert_close(loaded.model(x), small(x))
+
+
+def test_compress_runs_on_a_fixed_batch_export_and_writes_back_a_program(tmp_path):
+    from compression_core import CompressionConfig, compress
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(16 * 64, 10)).eval()
+    torch.export.save(torch.export.export(model, (torch.randn(1, 3, 8, 8),)), tmp_path / "m.pt2")
+    loaded = load_model(tmp_path / "m.pt2")
+    config = CompressionConfig(rounds=1, transform_iters=3, weight_iters=3, batch_size=8, min_coded_numel=8)
+    result = compress(loaded.model, torch.randn(20, 3, 8, 8), 4.0, config=config)
+    export_decoded(loaded, result.state_dict, tmp_path / "out.pt2")
+    assert_same_weights(dict(load_model(tmp_path / "out.pt2").model.state_dict()), result.state_dict)
 
 
 def test_loaded_forms_can_be_compared_with_evaluation(tmp_path, small):
