@@ -197,19 +197,32 @@ def run_serve(args: argparse.Namespace) -> int:
     if not args.no_migrate:
         run_migrations()
 
+    # uvicorn shuts down gracefully on SIGTERM, then restores the previous handler and re-raises the signal.
+    # With the default handler that kills this process before `finally` runs, and the worker (in its own
+    # session, so a terminal's Ctrl+C reaches only us) would be orphaned. Turn it into SystemExit instead.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     worker_proc = None
-    if not args.no_worker:
-        worker_proc = subprocess.Popen(
-            worker_command(queues, hostname="l2-embedded@%h"), start_new_session=True
-        )
+    demo_result: dict = {}
+    try:
+        if not args.no_worker:
+            worker_proc = subprocess.Popen(
+                worker_command(queues, hostname="l2-embedded@%h"), start_new_session=True
+            )
+        _run_api(args, settings, demo_result)
+    finally:
+        if worker_proc is not None:
+            stop_process_group(worker_proc)
+    return int(demo_result.get("rc", 0))
 
+
+def _run_api(args: argparse.Namespace, settings, demo_result: dict) -> None:
+    """Serve the API until it is stopped; with ``--demo``, run the demo against it in a thread."""
     import uvicorn
 
     from api.app import create_app
 
     config = uvicorn.Config(create_app(settings), host=args.host, port=args.port, log_level="info")
     server = uvicorn.Server(config)
-    demo_result: dict = {}
     if args.demo:
 
         def demo() -> None:
@@ -236,12 +249,11 @@ def run_serve(args: argparse.Namespace) -> int:
                 server.should_exit = True
 
         threading.Thread(target=demo, name="l2-demo", daemon=True).start()
-    try:
-        server.run()
-    finally:
-        if worker_proc is not None:
-            stop_process_group(worker_proc)
-    return int(demo_result.get("rc", 0))
+    server.run()
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _client_host(host: str) -> str:
