@@ -15,6 +15,7 @@ import time
 import numpy as np
 import torch
 
+from compression_core.coding import payload_sizes
 from compression_core.config import CompressionConfig, ConfigError
 from compression_core.model_io import Inputs, batches, call_model, float_outputs, num_samples, select, to_device
 from compression_core.progress import CancelCheck, ProgressCallback
@@ -172,7 +173,8 @@ def compress(model: torch.nn.Module, calibration: Inputs, target_ratio: float, *
     evaluation["batchnorm_recalibration"] = bn_note
     evaluation["ratio_controller_log_alpha"] = log_alpha
 
-    layers = [layer_report(r) for r in contents.records]
+    sizes = payload_sizes(contents)
+    layers = [layer_report(r, sizes[r.name]) for r in contents.records]
     summary = RunSummary(target_ratio=target_ratio, original_bytes=total_original, estimated_file_bytes=file_bytes,
                          seconds=time.monotonic() - started)
     reporter.emit("done", iterations, 1.0, estimated_ratio=total_original / file_bytes)

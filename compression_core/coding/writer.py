@@ -198,3 +198,10 @@ def encoded_size(contents: ArtifactContents) -> int:
     encoded, manifest, _ = _encode_all(contents, value_check=False)
     checks = CHECK_BYTES * (1 + sum(2 if e.entry.has_value_check else 1 for e in encoded))
     return HEADER_BYTES + len(manifest) + checks + sum(len(e.payload) for e in encoded) + TRAILER_BYTES
+
+
+def payload_sizes(contents: ArtifactContents) -> dict[str, int]:
+    """Bytes of each tensor's payload in the file (range-coded symbols or stored bytes), by tensor name:
+    what the per-layer report shows (shared header, manifest and checksums excluded)."""
+    encoded, _, _ = _encode_all(contents, value_check=False)
+    return {e.entry.name: len(e.payload) for e in encoded}

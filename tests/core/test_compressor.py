@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from compression_core import CompressionCanceled, CompressionConfig, ConfigError, compress, load_l2, zoo
+from compression_core.coding import read_manifest
 from compression_core.records import CodedTensor, StoredTensor
 from compression_core.recon.budget import UnreachableTargetError
 
@@ -25,6 +26,8 @@ def test_true_file_ratio_lands_within_3_percent_and_decodes_bit_exact(digits, tm
     summary = result.write(path)
     true_ratio = summary.original_bytes / path.stat().st_size
     assert summary.file_bytes == summary.estimated_file_bytes == path.stat().st_size
+    in_file = {e.name: e.payload_bytes for e in read_manifest(path).entries}
+    assert {r.name: r.bytes for r in result.layers} == in_file
     assert 1.0 <= true_ratio / target <= 1.0 / (1.0 - FAST.ratio_tolerance) + 1e-9
     decoded = load_l2(path)
     assert list(decoded) == list(model.state_dict())
