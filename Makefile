@@ -23,7 +23,7 @@ services:
 	bash scripts/ensure_services.sh
 
 test: $(STAMP) services
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -rs -p no:cacheprovider
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not service and not slow"

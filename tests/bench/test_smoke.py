@@ -23,9 +23,6 @@ except ImportError:
 
 @pytest.fixture(scope="module")
 def smoke_report(tmp_path_factory):
-    coding = pytest.importorskip("compression_core.coding")
-    if not hasattr(coding, "load_l2"):
-        pytest.skip("compression_core.coding has no load_l2 yet")
     from bench.run_all import main
 
     out = tmp_path_factory.mktemp("bench-smoke")
