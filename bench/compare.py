@@ -272,6 +272,7 @@ def render_markdown(report: dict) -> str:
 def _compact(config: dict) -> str:
     keep = (
         "transform",
+        "allocation",
         "per_channel",
         "rounds",
         "transform_iters",
