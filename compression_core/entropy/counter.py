@@ -24,6 +24,7 @@ from compression_core.entropy.kernels import kernel
 
 _LN2 = math.log(2.0)
 _MIN_P = 1e-12
+_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -56,21 +57,10 @@ class _SoftHistogram(torch.autograd.Function):
     @staticmethod
     def forward(ctx, m: torch.Tensor, centre: torch.Tensor, delta: float, lo: int, count: int,
                 kernel_name: str):
-        cdf, pdf = kernel(kernel_name)
-        inv = 1.0 / delta
-        index = centre.long() - lo  # exact for any integer code, unlike float32 subtraction
-        shift = (centre - m) * inv  # position of ⌊m⌉ relative to m, in units of δ
-        reach = _reach(delta)
         counts = torch.zeros(count, dtype=m.dtype, device=m.device)
         dens = torch.zeros(count, dtype=m.dtype, device=m.device)
-        prev = cdf(shift + (-reach - 0.5) * inv)
-        for o in range(-reach, reach + 1):
-            t_upper = shift + (o + 0.5) * inv
-            upper = cdf(t_upper)
-            at = index + o
-            counts.index_add_(0, at, upper - prev)
-            dens.index_add_(0, at, pdf(t_upper) * inv)
-            prev = upper
+        for part in _chunks(m.numel()):
+            _scatter_chunk(m[part], centre[part], delta, lo, kernel_name, counts, dens)
         ctx.save_for_backward(m, centre)
         ctx.params = (delta, lo, count, kernel_name)
         ctx.mark_non_differentiable(dens)
@@ -79,20 +69,50 @@ class _SoftHistogram(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_counts: torch.Tensor, _grad_dens):
         m, centre = ctx.saved_tensors
-        delta, lo, count, kernel_name = ctx.params
-        _, pdf = kernel(kernel_name)
-        inv = 1.0 / delta
-        index = centre.long() - lo  # exact for any integer code, unlike float32 subtraction
-        shift = (centre - m) * inv
-        reach = _reach(delta)
-        grad_m = torch.zeros_like(m)
-        prev = pdf(shift + (-reach - 0.5) * inv)
-        for o in range(-reach, reach + 1):
-            upper = pdf(shift + (o + 0.5) * inv)
-            # d/dm [K(t_up) − K(t_low)] = (k(t_low) − k(t_up)) / δ
-            grad_m += grad_counts[index + o] * (prev - upper)
-            prev = upper
-        return grad_m * inv, None, None, None, None, None
+        delta, lo, _, kernel_name = ctx.params
+        grad_m = torch.empty_like(m)
+        for part in _chunks(m.numel()):
+            grad_m[part] = _gather_chunk(m[part], centre[part], delta, lo, kernel_name, grad_counts)
+        return grad_m, None, None, None, None, None
+
+
+def _chunks(n: int) -> list[slice]:
+    """Slices of at most `_CHUNK` elements. The temporaries of each pass are then a few MB: they stay in the
+    allocator's heap and the caches instead of being fresh pages every time (10 M elements in one piece ran
+    3.5× slower per element than 3 M)."""
+    return [slice(a, min(n, a + _CHUNK)) for a in range(0, n, _CHUNK)]
+
+
+def _scatter_chunk(m, centre, delta, lo, kernel_name, counts, dens) -> None:
+    cdf, pdf = kernel(kernel_name)
+    inv = 1.0 / delta
+    index = centre.long() - lo  # exact for any integer code, unlike float32 subtraction
+    shift = (centre - m) * inv  # position of ⌊m⌉ relative to m, in units of δ
+    reach = _reach(delta)
+    prev = cdf(shift + (-reach - 0.5) * inv)
+    for o in range(-reach, reach + 1):
+        t_upper = shift + (o + 0.5) * inv
+        upper = cdf(t_upper)
+        at = index + o
+        counts.index_add_(0, at, upper - prev)
+        dens.index_add_(0, at, pdf(t_upper) * inv)
+        prev = upper
+
+
+def _gather_chunk(m, centre, delta, lo, kernel_name, grad_counts) -> torch.Tensor:
+    _, pdf = kernel(kernel_name)
+    inv = 1.0 / delta
+    index = centre.long() - lo
+    shift = (centre - m) * inv
+    reach = _reach(delta)
+    grad = torch.zeros_like(m)
+    prev = pdf(shift + (-reach - 0.5) * inv)
+    for o in range(-reach, reach + 1):
+        upper = pdf(shift + (o + 0.5) * inv)
+        # d/dm [K(t_up) − K(t_low)] = (k(t_low) − k(t_up)) / δ
+        grad += grad_counts[index + o] * (prev - upper)
+        prev = upper
+    return grad * inv
 
 
 def soft_counts(m: torch.Tensor, delta: float, bins: Bins | None = None, kernel_name: str = "cosine"):
