@@ -50,11 +50,19 @@ def measure(n: int, device: str, kernel: str, resolution: float, spread: float, 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
     levels = int(torch.round(m.detach()).max() - torch.round(m.detach()).min()) + 1
     best = min(times)
-    return {"n": n, "device": device, "kernel": kernel, "resolution": resolution, "levels": levels,
-            "delta_levels": float((m.max() - m.min()).detach()) / resolution,
-            "best_seconds": best, "elements_per_second": n / best,
-            "peak_extra_bytes": int(peak), "peak_extra_bytes_per_element": peak / n,
-            "bits_per_element": float(s.detach()) / n}
+    return {
+        "n": n,
+        "device": device,
+        "kernel": kernel,
+        "resolution": resolution,
+        "levels": levels,
+        "delta_levels": float((m.max() - m.min()).detach()) / resolution,
+        "best_seconds": best,
+        "elements_per_second": n / best,
+        "peak_extra_bytes": int(peak),
+        "peak_extra_bytes_per_element": peak / n,
+        "bits_per_element": float(s.detach()) / n,
+    }
 
 
 def main() -> None:
@@ -69,36 +77,72 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "counter"))
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(int(args.sizes[0]), args.device, args.kernel, args.resolution, args.spread,
-                                 args.repeats)))
+        print(
+            json.dumps(
+                measure(
+                    int(args.sizes[0]), args.device, args.kernel, args.resolution, args.spread, args.repeats
+                )
+            )
+        )
         return
     rows = []
     for n in args.sizes:
-        cmd = [sys.executable, __file__, "--child", "--device", args.device, "--sizes", str(n), "--kernel",
-               args.kernel, "--resolution", str(args.resolution), "--spread", str(args.spread),
-               "--repeats", str(args.repeats)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--device",
+            args.device,
+            "--sizes",
+            str(n),
+            "--kernel",
+            args.kernel,
+            "--resolution",
+            str(args.resolution),
+            "--spread",
+            str(args.spread),
+            "--repeats",
+            str(args.repeats),
+        ]
         rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
         print(rows[-1])
     import torch
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
-           "machine": platform.machine(), "device": args.device}
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "device": args.device,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.device == "cpu" else f"_{args.device}"
     out = out.with_name(out.name + suffix)
     out.with_suffix(".json").write_text(json.dumps({"env": env, "rows": rows}, indent=2))
-    lines = [f"# Differentiable counter: forward + backward ({args.device})", "",
-             f"Environment: {env}", "", "Command: `python bench/bench_counter.py " + " ".join(sys.argv[1:]) + "`", "",
-             "| elements | levels | δ (levels) | best fwd+bwd (s) | M elements/s | peak extra memory (MiB) | bytes/element |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# Differentiable counter: forward + backward ({args.device})",
+        "",
+        f"Environment: {env}",
+        "",
+        "Command: `python bench/bench_counter.py " + " ".join(sys.argv[1:]) + "`",
+        "",
+        "| elements | levels | δ (levels) | best fwd+bwd (s) | M elements/s | peak extra memory (MiB) "
+        "| bytes/element |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['n']:,} | {r['levels']} | {r['delta_levels']:.2f} | {r['best_seconds']:.3f} | "
-                     f"{r['elements_per_second'] / 1e6:.1f} | {r['peak_extra_bytes'] / 2**20:.0f} | "
-                     f"{r['peak_extra_bytes_per_element']:.1f} |")
-    lines += ["", "Peak extra memory is measured above the input tensor (peak RSS on CPU, peak allocated on CUDA). A "
-              "constant bytes/element across sizes shows O(n) memory; a naive O(n·levels) counter would need "
-              "n × levels × 4 bytes (for 10 M elements and the levels above, tens of GiB)."]
+        lines.append(
+            f"| {r['n']:,} | {r['levels']} | {r['delta_levels']:.2f} | {r['best_seconds']:.3f} | "
+            f"{r['elements_per_second'] / 1e6:.1f} | {r['peak_extra_bytes'] / 2**20:.0f} | "
+            f"{r['peak_extra_bytes_per_element']:.1f} |"
+        )
+    lines += [
+        "",
+        "Peak extra memory is measured above the input tensor (peak RSS on CPU, peak allocated on CUDA). A "
+        "constant bytes/element across sizes shows O(n) memory; a naive O(n·levels) counter would need "
+        "n × levels × 4 bytes (for 10 M elements and the levels above, tens of GiB).",
+    ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 

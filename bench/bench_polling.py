@@ -32,6 +32,8 @@ from pathlib import Path
 
 import httpx
 
+from worker.cli import worker_command
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -123,26 +125,9 @@ class Service:
         )
         self.procs.append(
             subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "worker.celery_app",
-                    "worker",
-                    "-Q",
-                    "cpu,gpu",
-                    "-c",
-                    "1",
-                    "-P",
-                    "prefork",
-                    "-l",
-                    "warning",
-                    "-n",
-                    f"bench-{secrets.token_hex(3)}@%h",
-                    "--without-gossip",
-                    "--without-mingle",
-                ],
+                worker_command(
+                    ["cpu", "gpu"], hostname=f"bench-{secrets.token_hex(3)}@%h", loglevel="warning"
+                ),
                 env=self.env,
                 cwd=ROOT,
                 stdout=logs,

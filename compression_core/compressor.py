@@ -17,17 +17,25 @@ import torch
 
 from compression_core.coding import payload_sizes
 from compression_core.config import CompressionConfig, ConfigError
-from compression_core.model_io import Inputs, batches, call_model, float_outputs, num_samples, select, to_device
+from compression_core.model_io import (
+    Inputs,
+    batches,
+    call_model,
+    float_outputs,
+    num_samples,
+    select,
+    to_device,
+)
 from compression_core.progress import CancelCheck, ProgressCallback
-from compression_core.records import ArtifactContents, CodedTensor
 from compression_core.recon.allocation import initial_bits
 from compression_core.recon.batchnorm import has_batchnorm, recalibrate_batchnorm
 from compression_core.recon.budget import Budget, UnreachableTargetError, measure_file_bytes
 from compression_core.recon.finalize import build_contents, dtype_name, fit_target
 from compression_core.recon.losses import distillation_distance
-from compression_core.recon.sensitivity import weight_sensitivity
 from compression_core.recon.schedule import Reporter, run_schedule
+from compression_core.recon.sensitivity import weight_sensitivity
 from compression_core.recon.state import QuantizedState
+from compression_core.records import ArtifactContents, CodedTensor
 from compression_core.report import RunSummary, file_metadata, layer_report, original_bytes
 from compression_core.result import CompressionResult
 from compression_core.transforms import plan_tensor
@@ -47,7 +55,9 @@ def split_indices(n: int, holdout_fraction: float, seed: int) -> tuple[torch.Ten
     return perm[holdout:].sort().values, perm[:holdout].sort().values
 
 
-def decode_state_dict(contents: ArtifactContents, original: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def decode_state_dict(
+    contents: ArtifactContents, original: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """The weights a user decodes from the file: coded entries through the canonical T⁻¹, stored ones
     as written. Equal bit for bit to what `load_l2` returns."""
     out = {}
@@ -64,7 +74,9 @@ def decode_state_dict(contents: ArtifactContents, original: dict[str, torch.Tens
 
 def _distance_on(model, reference_outputs, inputs: Inputs, batch_size: int, device) -> float:
     with torch.no_grad():
-        student = [float_outputs(call_model(model, to_device(b, device))) for b in batches(inputs, batch_size)]
+        student = [
+            float_outputs(call_model(model, to_device(b, device))) for b in batches(inputs, batch_size)
+        ]
         cat = [torch.cat(parts) for parts in zip(*student, strict=True)]
         return float(distillation_distance(cat, reference_outputs))
 
@@ -75,10 +87,17 @@ def _reference_outputs(model, inputs: Inputs, batch_size: int, device) -> list[t
         return [torch.cat(p) for p in zip(*parts, strict=True)]
 
 
-def compress(model: torch.nn.Module, calibration: Inputs, target_ratio: float, *,
-             config: CompressionConfig | None = None, progress: ProgressCallback | None = None,
-             should_cancel: CancelCheck | None = None, device: str | torch.device = "cpu",
-             metadata: dict | None = None) -> CompressionResult:
+def compress(
+    model: torch.nn.Module,
+    calibration: Inputs,
+    target_ratio: float,
+    *,
+    config: CompressionConfig | None = None,
+    progress: ProgressCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+    device: str | torch.device = "cpu",
+    metadata: dict | None = None,
+) -> CompressionResult:
     """Compress ``model`` so that its `.l2` file is ``target_ratio`` times smaller than its fp32 tensors.
 
     ``calibration`` holds unlabelled model inputs (tensor, tuple or dict with a shared sample dimension).
@@ -105,7 +124,9 @@ def compress(model: torch.nn.Module, calibration: Inputs, target_ratio: float, *
     plans = [plan_tensor(name, work_sd[name], name in param_names, config) for name in original_sd]
 
     total_original = sum(original_bytes((k, dtype_name(v), v.numel())) for k, v in original_sd.items())
-    stored_bytes = sum(original_sd[p.name].numel() * original_sd[p.name].element_size() for p in plans if p.kind is None)
+    stored_bytes = sum(
+        original_sd[p.name].numel() * original_sd[p.name].element_size() for p in plans if p.kind is None
+    )
     coded_numel = sum(original_sd[p.name].numel() for p in plans if p.kind is not None)
     budget = Budget(total_original, target_ratio, stored_bytes, coded_numel)
     name_bytes = sum(len(p.name.encode()) for p in plans) + 32 * len(plans)
@@ -121,9 +142,12 @@ def compress(model: torch.nn.Module, calibration: Inputs, target_ratio: float, *
     weights = {p.name: work_sd[p.name] for p in coded if p.name not in vectors}
     sensitivity = None
     if config.allocation == "sensitivity" and weights:
-        sensitivity = weight_sensitivity(work, list(weights), train_inputs, config.batch_size, device, config.seed)
-    start_bits = initial_bits(weights, vectors, budget.payload_bits(init_side), config.allocation,
-                              _MIN_INIT_BITS, sensitivity)
+        sensitivity = weight_sensitivity(
+            work, list(weights), train_inputs, config.batch_size, device, config.seed
+        )
+    start_bits = initial_bits(
+        weights, vectors, budget.payload_bits(init_side), config.allocation, _MIN_INIT_BITS, sensitivity
+    )
     state = QuantizedState({k: work_sd[k] for k in original_sd}, plans, config, start_bits).to(device)
 
     cache = {"step": 0, "value": init_side}
@@ -143,13 +167,19 @@ def compress(model: torch.nn.Module, calibration: Inputs, target_ratio: float, *
 
     iterations = config.rounds * (config.transform_iters + config.weight_iters)
     reporter = Reporter(iterations, progress, should_cancel)
-    reporter.emit("start", 0, 0.0, message=f"{len(state.names)} coded tensors, {coded_numel} weights, "
-                  f"{init_bits:.3f} bits/weight budget")
+    reporter.emit(
+        "start",
+        0,
+        0.0,
+        message=f"{len(state.names)} coded tensors, {coded_numel} weights, "
+        f"{init_bits:.3f} bits/weight budget",
+    )
     if state.names and iterations:
         run_schedule(work, state, train_inputs, config, budget, side_bytes, reporter, device)
 
     reporter.check_cancel()
     reporter.emit("finalize", iterations, 0.91, message="landing the exact file size")
+
     def finished(stored_overrides: dict[str, torch.Tensor] | None = None) -> ArtifactContents:
         contents = build_contents(state, original_sd, stored_overrides)
         layers = [layer_report(r) for r in contents.records]
@@ -157,14 +187,20 @@ def compress(model: torch.nn.Module, calibration: Inputs, target_ratio: float, *
         return contents
 
     contents, file_bytes, log_alpha = fit_target(
-        state, finished, measure_file_bytes, budget.target_file_bytes, config.ratio_tolerance,
+        state,
+        finished,
+        measure_file_bytes,
+        budget.target_file_bytes,
+        config.ratio_tolerance,
     )
     decoded = decode_state_dict(contents, original_sd)
 
     reporter.check_cancel()
     decoded_model, bn_note = _maybe_recalibrate(model, decoded, train_inputs, config, device, reporter)
     if bn_note.get("kept"):
-        recal = {k: v for k, v in decoded_model.state_dict().items() if k in decoded and not _is_coded(contents, k)}
+        recal = {
+            k: v for k, v in decoded_model.state_dict().items() if k in decoded and not _is_coded(contents, k)
+        }
         contents = finished(stored_overrides=recal)
         decoded = decode_state_dict(contents, original_sd)
 
@@ -175,8 +211,12 @@ def compress(model: torch.nn.Module, calibration: Inputs, target_ratio: float, *
 
     sizes = payload_sizes(contents)
     layers = [layer_report(r, sizes[r.name]) for r in contents.records]
-    summary = RunSummary(target_ratio=target_ratio, original_bytes=total_original, estimated_file_bytes=file_bytes,
-                         seconds=time.monotonic() - started)
+    summary = RunSummary(
+        target_ratio=target_ratio,
+        original_bytes=total_original,
+        estimated_file_bytes=file_bytes,
+        seconds=time.monotonic() - started,
+    )
     reporter.emit("done", iterations, 1.0, estimated_ratio=total_original / file_bytes)
     return CompressionResult(contents, decoded, layers, summary, reporter.history, evaluation)
 
@@ -201,8 +241,12 @@ def _maybe_recalibrate(model, decoded, train_inputs, config, device, reporter):
     recalibrate_batchnorm(recal, train_inputs, config.batch_size, device)
     after = _distance_on(recal, ref_out, probe, config.batch_size, device)
     kept = after < before
-    return (recal if kept else candidate), {"applied": True, "kept": kept, "distance_before": before,
-                                           "distance_after": after}
+    return (recal if kept else candidate), {
+        "applied": True,
+        "kept": kept,
+        "distance_before": before,
+        "distance_after": after,
+    }
 
 
 def _evaluate(model, decoded_model, calibration, holdout_idx, config, device) -> dict:

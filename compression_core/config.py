@@ -62,7 +62,9 @@ class CompressionConfig:
         need(self.transform in TRANSFORM_KINDS, "transform", f"one of {TRANSFORM_KINDS}")
         for pattern, kind in self.transform_overrides:
             if kind not in TRANSFORM_KINDS:
-                raise ConfigError(f"transform_overrides[{pattern!r}]={kind!r} is invalid: one of {TRANSFORM_KINDS}")
+                raise ConfigError(
+                    f"transform_overrides[{pattern!r}]={kind!r} is invalid: one of {TRANSFORM_KINDS}"
+                )
         need(self.kernel in KERNELS, "kernel", f"one of {KERNELS}")
         need(self.resolution > 0, "resolution", "must be > 0")
         need(self.rounds >= 0, "rounds", "must be ≥ 0")
@@ -86,7 +88,9 @@ class CompressionConfig:
         known = set(cls.__dataclass_fields__)
         unknown = set(values) - known
         if unknown:
-            raise ConfigError(f"unknown option(s) {sorted(unknown)}; known: {sorted(known - {'extra', 'version'})}")
+            raise ConfigError(
+                f"unknown option(s) {sorted(unknown)}; known: {sorted(known - {'extra', 'version'})}"
+            )
         fixed = dict(values)
         if "transform_overrides" in fixed:
             items = fixed["transform_overrides"]

@@ -23,7 +23,9 @@ def _tensors(inputs: Inputs) -> list[torch.Tensor]:
         return list(inputs.values())
     if isinstance(inputs, Sequence):
         return list(inputs)
-    raise InputsError(f"calibration inputs must be a tensor, a tuple of tensors or a dict of tensors, got {type(inputs)}")
+    raise InputsError(
+        f"calibration inputs must be a tensor, a tuple of tensors or a dict of tensors, got {type(inputs)}"
+    )
 
 
 def num_samples(inputs: Inputs) -> int:
@@ -33,7 +35,9 @@ def num_samples(inputs: Inputs) -> int:
         raise InputsError("calibration inputs hold no tensors")
     sizes = {int(t.shape[0]) if t.dim() > 0 else -1 for t in tensors}
     if len(sizes) != 1 or -1 in sizes:
-        raise InputsError(f"all calibration input tensors need the same leading (sample) dimension, got {sorted(sizes)}")
+        raise InputsError(
+            f"all calibration input tensors need the same leading (sample) dimension, got {sorted(sizes)}"
+        )
     return sizes.pop()
 
 

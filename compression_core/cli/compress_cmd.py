@@ -11,9 +11,18 @@ from pathlib import Path
 from compression_core.config import CompressionConfig
 
 _OPTION_FLAGS = {
-    "rounds": int, "transform_iters": int, "weight_iters": int, "batch_size": int, "transform": str,
-    "kernel": str, "resolution": float, "rate_weight": float, "transform_lr": float, "weight_lr": float,
-    "seed": int, "holdout_fraction": float,
+    "rounds": int,
+    "transform_iters": int,
+    "weight_iters": int,
+    "batch_size": int,
+    "transform": str,
+    "kernel": str,
+    "resolution": float,
+    "rate_weight": float,
+    "transform_lr": float,
+    "weight_lr": float,
+    "seed": int,
+    "holdout_fraction": float,
 }
 
 
@@ -29,16 +38,35 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("checkpoint", type=Path, help="state_dict (.pt/.pth/.safetensors), torch.export (.pt2) or TorchScript file")
-    p.add_argument("-o", "--output", type=Path, help="where to write the .l2 file (default: CHECKPOINT with suffix .l2)")
-    p.add_argument("--target-ratio", type=float, required=True, help="wanted true ratio: fp32 bytes / .l2 file bytes")
-    p.add_argument("--arch", help="architecture for a plain state_dict: torchvision name (e.g. resnet18), timm:NAME, "
-                   "or a registered name such as digits_cnn")
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        help="state_dict (.pt/.pth/.safetensors), torch.export (.pt2) or TorchScript file",
+    )
+    p.add_argument(
+        "-o", "--output", type=Path, help="where to write the .l2 file (default: CHECKPOINT with suffix .l2)"
+    )
+    p.add_argument(
+        "--target-ratio", type=float, required=True, help="wanted true ratio: fp32 bytes / .l2 file bytes"
+    )
+    p.add_argument(
+        "--arch",
+        help="architecture for a plain state_dict: torchvision name (e.g. resnet18), timm:NAME, "
+        "or a registered name such as digits_cnn",
+    )
     p.add_argument("--arch-kwargs", default="{}", help="JSON keyword arguments for the architecture")
-    p.add_argument("--calibration", type=Path, required=True,
-                   help="image folder/archive (.tar, .tar.gz, .zip) or tensor file (.pt, .npy, .npz, .safetensors)")
-    p.add_argument("--calibration-spec", default="{}", help="JSON calibration options (kind, resize, crop, mean, std, "
-                   "channels, max_samples); flags below override it")
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        required=True,
+        help="image folder/archive (.tar, .tar.gz, .zip) or tensor file (.pt, .npy, .npz, .safetensors)",
+    )
+    p.add_argument(
+        "--calibration-spec",
+        default="{}",
+        help="JSON calibration options (kind, resize, crop, mean, std, "
+        "channels, max_samples); flags below override it",
+    )
     p.add_argument("--image-size", type=int, help="resize + center-crop images to this size")
     p.add_argument("--mean", type=float, nargs="+", help="per-channel normalisation mean for images")
     p.add_argument("--std", type=float, nargs="+", help="per-channel normalisation std for images")
@@ -49,7 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--options", default="{}", help="JSON of further CompressionConfig fields")
     for name, kind in _OPTION_FLAGS.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind, help=f"CompressionConfig.{name}")
-    p.add_argument("--json", action="store_true", help="print the per-layer report as JSON instead of a table")
+    p.add_argument(
+        "--json", action="store_true", help="print the per-layer report as JSON instead of a table"
+    )
     p.set_defaults(handler=run)
 
 
@@ -100,8 +130,19 @@ class _ProgressBar:
 def format_layer_table(layers) -> str:
     rows = [("tensor", "shape", "mode", "transform", "levels", "bits", "entropy", "sparsity", "bytes")]
     for r in layers:
-        rows.append((r.name, "×".join(map(str, r.shape)) or "()", r.mode, r.transform or "-", str(r.levels),
-                     f"{r.bit_width:.2f}", f"{r.entropy_bits:.3f}", f"{r.sparsity:.3f}", str(r.bytes)))
+        rows.append(
+            (
+                r.name,
+                "×".join(map(str, r.shape)) or "()",
+                r.mode,
+                r.transform or "-",
+                str(r.levels),
+                f"{r.bit_width:.2f}",
+                f"{r.entropy_bits:.3f}",
+                f"{r.sparsity:.3f}",
+                str(r.bytes),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows)
 
@@ -118,21 +159,46 @@ def run(args: argparse.Namespace) -> int:
     bar = _ProgressBar()
     started = time.monotonic()
     try:
-        result = compress(loaded.model, data.inputs, args.target_ratio, config=config, progress=bar,
-                          device=args.device, metadata={"source_sha256": loaded.source_sha256,
-                                                        "source_form": loaded.form, "architecture": args.arch,
-                                                        "arch_kwargs": arch_kwargs, "config": config.to_dict()})
+        result = compress(
+            loaded.model,
+            data.inputs,
+            args.target_ratio,
+            config=config,
+            progress=bar,
+            device=args.device,
+            metadata={
+                "source_sha256": loaded.source_sha256,
+                "source_form": loaded.form,
+                "architecture": args.arch,
+                "arch_kwargs": arch_kwargs,
+                "config": config.to_dict(),
+            },
+        )
     finally:
         bar.close()
     summary = result.write(output)
     if args.json:
-        print(json.dumps({"summary": summary.to_dict(), "evaluation": result.evaluation,
-                          "layers": [r.to_dict() for r in result.layers]}, indent=2, default=str))
+        print(
+            json.dumps(
+                {
+                    "summary": summary.to_dict(),
+                    "evaluation": result.evaluation,
+                    "layers": [r.to_dict() for r in result.layers],
+                },
+                indent=2,
+                default=str,
+            )
+        )
     else:
         print(format_layer_table(result.layers))
-        print(f"\nwrote {output}: {summary.file_bytes:,} bytes, true ratio {summary.true_ratio:.2f}× "
-              f"(target {args.target_ratio}×) in {time.monotonic() - started:.1f} s")
+        print(
+            f"\nwrote {output}: {summary.file_bytes:,} bytes, true ratio {summary.true_ratio:.2f}× "
+            f"(target {args.target_ratio}×) in {time.monotonic() - started:.1f} s"
+        )
         if result.evaluation:
             shown = {k: v for k, v in result.evaluation.items() if isinstance(v, (int, float))}
-            print("held-out fidelity of the decoded model: " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+            print(
+                "held-out fidelity of the decoded model: "
+                + ", ".join(f"{k}={v:.4g}" for k, v in shown.items())
+            )
     return 0

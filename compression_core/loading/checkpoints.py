@@ -191,7 +191,9 @@ def _load_export(path: Path, digest: str) -> LoadedModel:
     sizes = set(fixed.values())
     if fixed:
         names = ", ".join(f"{k}: {{0: torch.export.Dim('batch')}}" for k in fixed)
-        how = "calls are split into chunks of that size (slower)" if len(sizes) == 1 else "calls must use them"
+        how = (
+            "calls are split into chunks of that size (slower)" if len(sizes) == 1 else "calls must use them"
+        )
         notes.append(
             f"inputs {fixed} were exported with a fixed leading (batch) size, so {how}; re-export with "
             f"dynamic_shapes={{{names}}} to accept any batch size"

@@ -7,8 +7,8 @@ optimum (reverse water-filling), and it is what a global quantization parameter 
 large-valued tensors (depthwise convolutions) then start with many bits, big redundant ones with few; the
 learned transforms move on from there. ``sensitivity`` (the default) does the same after scaling each tensor
 by √h_t, its measured sensitivity (`sensitivity.py`): steps Δ_t ∝ 1/√h_t make every tensor's expected cost
-h_t·Δ_t²/12 per weight equal, the optimum when weights differ in how much the outputs care. Biases and norm scales (1-D, `linear`) start at a fixed fine
-resolution either way: they are few and sensitive.
+h_t·Δ_t²/12 per weight equal, the optimum when weights differ in how much the outputs care. Biases and
+norm scales (1-D, `linear`) start at a fixed fine resolution either way: they are few and sensitive.
 """
 
 from __future__ import annotations
@@ -25,15 +25,16 @@ _MAX_BITS = 16.0
 
 def _entropy_bits_total(w: torch.Tensor, step: float) -> float:
     """n · H(⌊w/step⌉) in bits, from the hard histogram (exact, O(n))."""
-    q = torch.round(w.reshape(-1).double() / step).clamp(-2**30, 2**30).long()
+    q = torch.round(w.reshape(-1).double() / step).clamp(-(2**30), 2**30).long()
     counts = torch.bincount(q - q.min()).double()
     counts = counts[counts > 0]
     p = counts / counts.sum()
     return float(-(counts * torch.log2(p)).sum())
 
 
-def _equal_step_bits(weights: dict[str, torch.Tensor], budget_bits: float,
-                     scales: dict[str, float] | None = None) -> dict[str, float]:
+def _equal_step_bits(
+    weights: dict[str, torch.Tensor], budget_bits: float, scales: dict[str, float] | None = None
+) -> dict[str, float]:
     """Per-tensor bits/weight at the common step (on w·scale) whose total entropy is closest to
     ``budget_bits``."""
     scales = scales or {}
@@ -52,13 +53,22 @@ def _equal_step_bits(weights: dict[str, torch.Tensor], budget_bits: float,
         else:
             hi = mid
     step = math.exp(hi)
-    return {k: min(_MAX_BITS, max(MIN_BITS, _entropy_bits_total(tensors[k], step) / w.numel()))
-            if w.numel() else MIN_BITS for k, w in weights.items()}
+    return {
+        k: min(_MAX_BITS, max(MIN_BITS, _entropy_bits_total(tensors[k], step) / w.numel()))
+        if w.numel()
+        else MIN_BITS
+        for k, w in weights.items()
+    }
 
 
-def initial_bits(weights: dict[str, torch.Tensor], vectors: dict[str, torch.Tensor], budget_bits: float,
-                 allocation: str, min_uniform_bits: float,
-                 sensitivity: dict[str, float] | None = None) -> dict[str, float]:
+def initial_bits(
+    weights: dict[str, torch.Tensor],
+    vectors: dict[str, torch.Tensor],
+    budget_bits: float,
+    allocation: str,
+    min_uniform_bits: float,
+    sensitivity: dict[str, float] | None = None,
+) -> dict[str, float]:
     """Bits per weight to initialise each coded tensor with. ``weights`` are the tensors with learned
     allocation, ``vectors`` the 1-D linear-coded ones (fixed ``VECTOR_BITS``); ``sensitivity`` (h_t per
     weight tensor) is needed by the ``sensitivity`` allocation."""

@@ -15,9 +15,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from compression_core.records import ArtifactContents, CodedTensor, StoredTensor
 from compression_core.recon.budget import UnreachableTargetError
 from compression_core.recon.state import QuantizedState
+from compression_core.records import ArtifactContents, CodedTensor, StoredTensor
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,11 @@ def tensor_bytes(t: torch.Tensor) -> bytes:
     return t.numpy().tobytes()
 
 
-def build_contents(state: QuantizedState, original: dict[str, torch.Tensor],
-                   stored_overrides: dict[str, torch.Tensor] | None = None) -> ArtifactContents:
+def build_contents(
+    state: QuantizedState,
+    original: dict[str, torch.Tensor],
+    stored_overrides: dict[str, torch.Tensor] | None = None,
+) -> ArtifactContents:
     """Records in state_dict order: coded entries from ``state``, stored entries from ``original`` (or the
     recalibrated values in ``stored_overrides``)."""
     coded = {name: (w, t) for name, w, t in state.items()}
@@ -46,18 +49,36 @@ def build_contents(state: QuantizedState, original: dict[str, torch.Tensor],
         if name in coded:
             w, transform = coded[name]
             symbols = transform.symbols(w).cpu().numpy()
-            if symbols.size and (symbols.min() < np.iinfo(np.int32).min or symbols.max() > np.iinfo(np.int32).max):
+            if symbols.size and (
+                symbols.min() < np.iinfo(np.int32).min or symbols.max() > np.iinfo(np.int32).max
+            ):
                 raise UnreachableTargetError(f"{name}: symbols overflow int32; the transform diverged")
-            records.append(CodedTensor(name, shape, dtype_name(tensor), transform.kind,
-                                       transform.param_values(), symbols.astype(np.int32).reshape(-1)))
+            records.append(
+                CodedTensor(
+                    name,
+                    shape,
+                    dtype_name(tensor),
+                    transform.kind,
+                    transform.param_values(),
+                    symbols.astype(np.int32).reshape(-1),
+                )
+            )
         else:
             value = stored_overrides.get(name, tensor)
-            records.append(StoredTensor(name, shape, dtype_name(tensor), tensor_bytes(value.to(tensor.dtype))))
+            records.append(
+                StoredTensor(name, shape, dtype_name(tensor), tensor_bytes(value.to(tensor.dtype)))
+            )
     return ArtifactContents(records=records)
 
 
-def fit_target(state: QuantizedState, build: Callable[[], ArtifactContents], measure: Callable[[ArtifactContents], int],
-               target_bytes: float, tolerance: float, max_steps: int = 40) -> tuple[ArtifactContents, int, float]:
+def fit_target(
+    state: QuantizedState,
+    build: Callable[[], ArtifactContents],
+    measure: Callable[[ArtifactContents], int],
+    target_bytes: float,
+    tolerance: float,
+    max_steps: int = 40,
+) -> tuple[ArtifactContents, int, float]:
     """Scale all step sizes by exp(x) so that (1 − tol)·target ≤ file bytes ≤ target. Returns the contents,
     their exact size and the applied log-factor x. Raises `UnreachableTargetError` when even very coarse
     levels do not fit."""

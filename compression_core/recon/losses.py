@@ -18,5 +18,7 @@ def relative_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 def distillation_distance(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
     """Mean relative MSE over matching output tensors (the lists come from `model_io.float_outputs`)."""
     if len(student) != len(teacher) or not teacher:
-        raise ValueError(f"model gave {len(student)} float outputs, the original {len(teacher)}; need ≥ 1 and equal")
+        raise ValueError(
+            f"model gave {len(student)} float outputs, the original {len(teacher)}; need ≥ 1 and equal"
+        )
     return torch.stack([relative_mse(s, t.detach()) for s, t in zip(student, teacher, strict=True)]).mean()

@@ -41,21 +41,44 @@ class Reporter:
         if self.should_cancel is not None and self.should_cancel():
             raise CompressionCanceled("compression canceled by request")
 
-    def emit(self, phase: str, iteration: int, fraction: float, losses: dict | None = None,
-             estimated_ratio: float | None = None, message: str = "") -> None:
+    def emit(
+        self,
+        phase: str,
+        iteration: int,
+        fraction: float,
+        losses: dict | None = None,
+        estimated_ratio: float | None = None,
+        message: str = "",
+    ) -> None:
         if losses is not None:
-            self.history.append({"phase": phase, "iteration": iteration, **losses,
-                                 "estimated_ratio": estimated_ratio})
+            self.history.append(
+                {"phase": phase, "iteration": iteration, **losses, "estimated_ratio": estimated_ratio}
+            )
         if self.progress is not None:
-            self.progress(ProgressEvent(phase, iteration, self.total_iterations, min(1.0, fraction),
-                                        losses or {}, estimated_ratio, message))
+            self.progress(
+                ProgressEvent(
+                    phase,
+                    iteration,
+                    self.total_iterations,
+                    min(1.0, fraction),
+                    losses or {},
+                    estimated_ratio,
+                    message,
+                )
+            )
 
 
 class Teacher:
     """Outputs of the original model for calibration samples, cached when small enough."""
 
-    def __init__(self, model: torch.nn.Module, inputs: Inputs, device: torch.device, batch_size: int,
-                 capture: FeatureCapture | None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        inputs: Inputs,
+        device: torch.device,
+        batch_size: int,
+        capture: FeatureCapture | None,
+    ) -> None:
         self.model, self.inputs, self.device, self.capture = model, inputs, device, capture
         self.cache: list[torch.Tensor] | None = None
         if capture is None:
@@ -63,8 +86,10 @@ class Teacher:
             per_sample = sum(t.numel() for t in probe)
             if per_sample * num_samples(inputs) <= TEACHER_CACHE_ELEMENTS:
                 n = num_samples(inputs)
-                parts = [self._run(select(inputs, slice(i, min(n, i + batch_size))))
-                         for i in range(0, n, batch_size)]
+                parts = [
+                    self._run(select(inputs, slice(i, min(n, i + batch_size))))
+                    for i in range(0, n, batch_size)
+                ]
                 self.cache = [torch.cat(chunks) for chunks in zip(*parts, strict=True)]
 
     @torch.no_grad()
@@ -81,8 +106,9 @@ class Teacher:
         return self._run(select(self.inputs, index))
 
 
-def _student_outputs(model, params: dict[str, torch.Tensor], batch: Inputs, device,
-                     capture: FeatureCapture | None) -> list[torch.Tensor]:
+def _student_outputs(
+    model, params: dict[str, torch.Tensor], batch: Inputs, device, capture: FeatureCapture | None
+) -> list[torch.Tensor]:
     batch = to_device(batch, device)
     if capture is None:
         return float_outputs(functional_call(model, params, _as_args(batch), _as_kwargs(batch)))
@@ -101,9 +127,17 @@ def _as_kwargs(batch: Inputs) -> dict:
     return dict(batch) if isinstance(batch, dict) else {}
 
 
-def run_schedule(model: torch.nn.Module, state: QuantizedState, inputs: Inputs, config: CompressionConfig,
-                 budget: Budget, side_bytes: Callable[[], float], reporter: Reporter,
-                 device: torch.device, fraction_span: tuple[float, float] = (0.0, 0.9)) -> None:
+def run_schedule(
+    model: torch.nn.Module,
+    state: QuantizedState,
+    inputs: Inputs,
+    config: CompressionConfig,
+    budget: Budget,
+    side_bytes: Callable[[], float],
+    reporter: Reporter,
+    device: torch.device,
+    fraction_span: tuple[float, float] = (0.0, 0.9),
+) -> None:
     """Optimize ``state`` in place. ``side_bytes()`` re-estimates the non-payload bytes of the file."""
     n = num_samples(inputs)
     capture = FeatureCapture(model, config.feature_modules) if config.feature_modules else None
@@ -116,8 +150,10 @@ def run_schedule(model: torch.nn.Module, state: QuantizedState, inputs: Inputs, 
     step = 0
     report_every = max(1, total // 200)
     for round_index in range(config.rounds):
-        phases = [("transform", config.transform_iters, transform_opt),
-                  ("weights", config.weight_iters if weight_opt else 0, weight_opt)]
+        phases = [
+            ("transform", config.transform_iters, transform_opt),
+            ("weights", config.weight_iters if weight_opt else 0, weight_opt),
+        ]
         for phase, iters, optimizer in phases:
             for it in range(iters):
                 reporter.check_cancel()
@@ -135,8 +171,12 @@ def run_schedule(model: torch.nn.Module, state: QuantizedState, inputs: Inputs, 
                 optimizer.step()
                 step += 1
                 if it % report_every == 0 or it == iters - 1:
-                    losses = {"distortion": distortion.item(), "rate_bits_per_weight": rate.item() / max(1, budget.coded_numel),
-                              "budget_bits_per_weight": bits_budget / max(1, budget.coded_numel), "total": loss.item(),
-                              "round": round_index}
+                    losses = {
+                        "distortion": distortion.item(),
+                        "rate_bits_per_weight": rate.item() / max(1, budget.coded_numel),
+                        "budget_bits_per_weight": bits_budget / max(1, budget.coded_numel),
+                        "total": loss.item(),
+                        "round": round_index,
+                    }
                     frac = fraction_span[0] + (fraction_span[1] - fraction_span[0]) * step / total
                     reporter.emit(phase, step, frac, losses, budget.estimated_ratio(side, rate.item()))

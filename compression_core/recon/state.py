@@ -19,8 +19,13 @@ class QuantizedState(nn.Module):
     ModuleDict keys cannot contain dots, so entries are indexed by position and `names` maps back. ``bits``
     gives each coded tensor its initial bits per weight (`allocation.py`)."""
 
-    def __init__(self, originals: dict[str, torch.Tensor], plans: list[TensorPlan], config: CompressionConfig,
-                 bits: dict[str, float]) -> None:
+    def __init__(
+        self,
+        originals: dict[str, torch.Tensor],
+        plans: list[TensorPlan],
+        config: CompressionConfig,
+        bits: dict[str, float],
+    ) -> None:
         super().__init__()
         self.config = config
         self.names: list[str] = []
@@ -32,8 +37,9 @@ class QuantizedState(nn.Module):
             w = originals[plan.name].detach().float().clone()
             self.names.append(plan.name)
             self.latents.append(nn.Parameter(w, requires_grad=plan.learnable))
-            self.transforms.append(make_transform(plan.kind, w, per_channel=self.config.per_channel,
-                                                  bits=bits[plan.name]))
+            self.transforms.append(
+                make_transform(plan.kind, w, per_channel=self.config.per_channel, bits=bits[plan.name])
+            )
 
     def items(self) -> list[tuple[str, torch.Tensor, Transform]]:
         return list(zip(self.names, self.latents, self.transforms, strict=True))

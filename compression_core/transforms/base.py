@@ -36,7 +36,11 @@ def reduce_abs_max(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
     """max |w| per tensor or per output channel (float64 for safe initialisation arithmetic)."""
     a = w.detach().abs().double()
     if per_channel and w.dim() >= 1 and w.numel() > 0:
-        return a.reshape(a.shape[0], -1).amax(dim=1) if a.shape[0] and a[0].numel() else torch.zeros(a.shape[0], dtype=torch.float64)
+        return (
+            a.reshape(a.shape[0], -1).amax(dim=1)
+            if a.shape[0] and a[0].numel()
+            else torch.zeros(a.shape[0], dtype=torch.float64)
+        )
     return a.max() if a.numel() else torch.tensor(0.0, dtype=torch.float64)
 
 

@@ -11,7 +11,13 @@ import math
 import torch
 
 from compression_core.transforms.base import (
-    GAUSS_ENTROPY_CONST, Transform, channel_view, per_channel_floor, reduce_abs_max, reduce_std, safe_scale,
+    GAUSS_ENTROPY_CONST,
+    Transform,
+    channel_view,
+    per_channel_floor,
+    reduce_abs_max,
+    reduce_std,
+    safe_scale,
 )
 
 
@@ -49,7 +55,9 @@ class PruneQuantTransform(Transform):
     param_names = ("e", "s")
 
     @classmethod
-    def from_tensor(cls, w: torch.Tensor, per_channel: bool = False, bits: float = 6.0) -> PruneQuantTransform:
+    def from_tensor(
+        cls, w: torch.Tensor, per_channel: bool = False, bits: float = 6.0
+    ) -> PruneQuantTransform:
         s = _gauss_step(w, per_channel, bits)
         return cls({"e": s / 2.0, "s": s})
 

@@ -75,7 +75,9 @@ def level_values(kind: str, params: dict[str, np.ndarray], lo: int, hi: int) -> 
     return inverse_values(kind, col, q)
 
 
-def decode_symbols(kind: str, params: dict[str, np.ndarray], symbols: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def decode_symbols(
+    kind: str, params: dict[str, np.ndarray], symbols: np.ndarray, shape: tuple[int, ...]
+) -> np.ndarray:
     """Canonical decode of one coded tensor: float32 array of ``shape`` (a gather in the level table)."""
     symbols = np.asarray(symbols, dtype=np.int64).reshape(shape)
     if symbols.size == 0:

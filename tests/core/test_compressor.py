@@ -9,8 +9,8 @@ from torch import nn
 
 from compression_core import CompressionCanceled, CompressionConfig, ConfigError, compress, load_l2, zoo
 from compression_core.coding import read_manifest
-from compression_core.records import CodedTensor, StoredTensor
 from compression_core.recon.budget import UnreachableTargetError
+from compression_core.records import CodedTensor, StoredTensor
 
 FAST = CompressionConfig(rounds=1, transform_iters=40, weight_iters=40, batch_size=64)
 
@@ -20,8 +20,13 @@ def test_true_file_ratio_lands_within_3_percent_and_decodes_bit_exact(digits, tm
     """The issue asks ±3 %; the controller promises more: never larger than the target, at most 1 % smaller,
     with the caller's metadata inside the file."""
     model, split = digits
-    result = compress(model, split.train_x[:400], target, config=FAST,
-                      metadata={"source_sha256": "ab" * 32, "architecture": "digits_cnn", "note": "x" * 300})
+    result = compress(
+        model,
+        split.train_x[:400],
+        target,
+        config=FAST,
+        metadata={"source_sha256": "ab" * 32, "architecture": "digits_cnn", "note": "x" * 300},
+    )
     path = tmp_path / "m.l2"
     summary = result.write(path)
     true_ratio = summary.original_bytes / path.stat().st_size
@@ -39,7 +44,12 @@ def test_true_file_ratio_lands_within_3_percent_and_decodes_bit_exact(digits, tm
 def test_10x_keeps_test_accuracy_within_0_3_points(digits):
     model, split = digits
     fp32 = zoo.accuracy(model, split.test_x, split.test_y)
-    result = compress(model, split.train_x[:512], 10.0, config=CompressionConfig(rounds=2, transform_iters=80, weight_iters=80))
+    result = compress(
+        model,
+        split.train_x[:512],
+        10.0,
+        config=CompressionConfig(rounds=2, transform_iters=80, weight_iters=80),
+    )
     decoded = zoo.DigitsCNN()
     decoded.load_state_dict(result.state_dict)
     assert zoo.accuracy(decoded, split.test_x, split.test_y) >= fp32 - 0.003
@@ -81,8 +91,13 @@ def test_same_seed_gives_identical_artifact_on_cpu(digits):
 def test_progress_reports_phases_and_cancel_stops_the_run(digits):
     model, split = digits
     events = []
-    compress(model, split.train_x[:64], 10.0, config=CompressionConfig(rounds=1, transform_iters=5, weight_iters=5),
-             progress=events.append)
+    compress(
+        model,
+        split.train_x[:64],
+        10.0,
+        config=CompressionConfig(rounds=1, transform_iters=5, weight_iters=5),
+        progress=events.append,
+    )
     phases = [e.phase for e in events]
     assert {"start", "transform", "weights", "finalize", "done"} <= set(phases)
     assert events[-1].fraction == 1.0
@@ -100,7 +115,9 @@ def test_progress_reports_phases_and_cancel_stops_the_run(digits):
 def test_original_model_is_not_modified(digits):
     model, split = digits
     before = copy.deepcopy(model.state_dict())
-    compress(model, split.train_x[:64], 10.0, config=CompressionConfig(rounds=1, transform_iters=3, weight_iters=3))
+    compress(
+        model, split.train_x[:64], 10.0, config=CompressionConfig(rounds=1, transform_iters=3, weight_iters=3)
+    )
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
 
@@ -136,8 +153,14 @@ def test_dict_inputs_and_outputs_work_for_every_transform(kind, tmp_path):
     torch.manual_seed(0)
     model = TwoInputs().eval()
     inputs = {"x": torch.randn(96, 64), "y": torch.randn(96, 32)}
-    result = compress(model, inputs, 6.0, config=CompressionConfig(transform=kind, rounds=1, transform_iters=15,
-                                                                  weight_iters=15, per_channel=kind == "log"))
+    result = compress(
+        model,
+        inputs,
+        6.0,
+        config=CompressionConfig(
+            transform=kind, rounds=1, transform_iters=15, weight_iters=15, per_channel=kind == "log"
+        ),
+    )
     path = tmp_path / "two.l2"
     summary = result.write(path)
     assert abs(summary.true_ratio / 6.0 - 1.0) <= 0.03

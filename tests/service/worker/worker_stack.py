@@ -24,6 +24,8 @@ import httpx
 import pytest
 import torch
 
+from worker.cli import worker_command
+
 ROOT = Path(__file__).resolve().parents[3]
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -127,26 +129,7 @@ class Stack:
     def start_worker(self, name: str, queues: str = "cpu,gpu") -> subprocess.Popen:
         log = open(self.logs / f"worker-{name}.log", "ab")
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker.celery_app",
-                "worker",
-                "-Q",
-                queues,
-                "--concurrency",
-                "1",
-                "-P",
-                "prefork",
-                "-l",
-                "info",
-                "-n",
-                f"{name}-{secrets.token_hex(3)}@%h",
-                "--without-gossip",
-                "--without-mingle",
-            ],
+            worker_command(queues.split(","), hostname=f"{name}-{secrets.token_hex(3)}@%h"),
             env=self.env,
             cwd=ROOT,
             stdout=log,
