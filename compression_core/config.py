@@ -37,7 +37,7 @@ class CompressionConfig:
     transform_iters: int = 100
     weight_iters: int = 100
     batch_size: int = 32
-    transform_lr: float = 1e-2
+    transform_lr: float = 1e-3
     weight_lr: float = 1e-4
     rate_weight: float = 10.0
     allocation: str = "sensitivity"
