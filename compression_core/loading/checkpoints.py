@@ -33,7 +33,7 @@ from torch import nn
 from compression_core.loading import formats
 from compression_core.loading.architectures import build_architecture
 from compression_core.loading.errors import CheckpointError
-from compression_core.loading.fixed_batch import accept_any_batch
+from compression_core.loading.fixed_batch import AnyBatch
 from compression_core.loading.state_dicts import StateDictLayout, check_keys, load_into, unwrap
 
 Form = Literal["state_dict", "export", "torchscript"]
@@ -199,7 +199,7 @@ def _load_export(path: Path, digest: str) -> LoadedModel:
             f"dynamic_shapes={{{names}}} to accept any batch size"
         )
         if len(sizes) == 1:
-            module = accept_any_batch(module, next(iter(sizes)))
+            module = AnyBatch(module, next(iter(sizes)))
     return LoadedModel(
         module.eval(),
         "export",

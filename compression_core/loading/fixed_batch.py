@@ -79,7 +79,3 @@ class AnyBatch(nn.Module):
     def __deepcopy__(self, memo: dict) -> AnyBatch:
         return AnyBatch(copy.deepcopy(self.inner, memo), self.batch)
 
-
-def accept_any_batch(module: nn.Module, batch: int) -> nn.Module:
-    """``module`` adapted so that calls with any leading size work."""
-    return AnyBatch(module, batch)
