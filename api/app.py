@@ -15,32 +15,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.db import make_engine, make_session_factory
 from api.deps import AppContext, Enqueue
 from api.errors import ServiceError
 from api.metrics import Metrics
 from api.routes import checkpoints, datasets, health, jobs
-from api.settings import Settings, get_settings
 from api.storage import LocalStorage
+from store.db import make_engine, make_session_factory
+from store.queues import celery_enqueuer
+from store.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
-
-TASK_NAME = "l2.run_job"
-
-
-def celery_enqueuer(broker_url: str) -> Enqueue:
-    """Publish ``l2.run_job`` on the job's queue through the worker's Celery app configuration (built on first
-    use, so creating the API never connects to the broker)."""
-    state: dict = {}
-
-    def enqueue(job_id: str, queue: str) -> None:
-        if "app" not in state:
-            from worker.celery_app import create_celery_app
-
-            state["app"] = create_celery_app(broker_url)
-        state["app"].send_task(TASK_NAME, args=[job_id], queue=queue, routing_key=queue, exchange="l2")
-
-    return enqueue
 
 
 def _location(loc) -> str:

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.models import ApiKey, Tenant, utcnow
+from store.models import ApiKey, Tenant, utcnow
 
 KEY_PREFIX = "l2"
 

@@ -1,11 +1,15 @@
-"""The service's ``l2`` subcommands: ``migrate`` and ``keys create|revoke|list`` (plus the worker's ``serve``
-and ``worker`` from `worker.cli` when that package is installed). Loaded by the ``l2`` dispatcher through the
-``l2.commands`` entry point."""
+"""The API's ``l2`` subcommands: ``migrate`` and ``keys create|revoke|list``. Loaded by the ``l2`` dispatcher
+through the ``l2.commands`` entry point (the workers' ``serve`` and ``worker`` come from `worker.cli`, a second
+entry point of the same group).
+
+The handlers import what they use when they run: the ``l2`` dispatcher registers this module for every
+subcommand, and the database stack (SQLAlchemy, Alembic, FastAPI through `api.auth`: about 2 s of imports on
+2 cores) must not slow down ``l2 inspect`` or ``l2 --help``.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 
@@ -32,25 +36,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing = sub.add_parser("list", help="list keys (prefixes only; secrets are never stored)")
     listing.set_defaults(handler=run_keys_list)
 
-    try:
-        worker_cli = importlib.import_module("worker.cli")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("worker", "worker.cli"):
-            raise
-    else:
-        worker_cli.register(subparsers)
-
 
 def upgrade_database(url: str | None = None) -> None:
     """``alembic upgrade head`` (what ``l2 serve`` runs at start-up)."""
-    from api.migrate import upgrade_database as upgrade
+    from store.migrate import upgrade_database as upgrade  # see the module docstring
 
     upgrade(url)
 
 
 def run_migrate(args: argparse.Namespace) -> int:
-    from api.migrate import upgrade_database as upgrade
-    from api.settings import get_settings
+    from store.migrate import upgrade_database as upgrade  # see the module docstring
+    from store.settings import get_settings
 
     upgrade(get_settings().database_url, getattr(args, "revision", "head"))
     print("database schema is up to date")
@@ -58,13 +54,13 @@ def run_migrate(args: argparse.Namespace) -> int:
 
 
 def _session():
-    from api.db import get_session_factory
+    from store.db import get_session_factory  # see the module docstring
 
     return get_session_factory()()
 
 
 def run_keys_create(args: argparse.Namespace) -> int:
-    from api.auth import create_key
+    from api.auth import create_key  # see the module docstring
 
     with _session() as session:
         issued = create_key(session, args.tenant)
@@ -75,7 +71,7 @@ def run_keys_create(args: argparse.Namespace) -> int:
 
 
 def run_keys_revoke(args: argparse.Namespace) -> int:
-    from api.auth import revoke_key
+    from api.auth import revoke_key  # see the module docstring
 
     with _session() as session:
         if not revoke_key(session, args.prefix):
@@ -86,7 +82,7 @@ def run_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def run_keys_list(args: argparse.Namespace) -> int:
-    from api.auth import list_keys
+    from api.auth import list_keys  # see the module docstring
 
     with _session() as session:
         rows = list_keys(session)

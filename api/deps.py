@@ -11,8 +11,8 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import Caller, CallerDep
-from api.settings import Settings
 from api.storage import LocalStorage
+from store.settings import Settings
 
 Enqueue = Callable[[str, str], None]  # (job_id, queue)
 

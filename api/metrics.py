@@ -12,24 +12,23 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+import redis
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from api.models import JOB_STATES, Job, utcnow
+from store.models import JOB_STATES, Job, utcnow
+from store.queues import QUEUES
 
 log = logging.getLogger(__name__)
 
 DURATION_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
 DURATION_WINDOW = timedelta(days=7)
 DURATION_ROW_LIMIT = 50_000
-QUEUES = ("cpu", "gpu")
 
 
 def redis_queue_depths(broker_url: str, queues=QUEUES) -> dict[str, int]:
-    import redis
-
     client = redis.Redis.from_url(broker_url, socket_connect_timeout=2, socket_timeout=2)
     try:
         return {q: int(client.llen(q)) for q in queues}

@@ -1,5 +1,5 @@
 """Alembic environment: the URL is the one the service uses (`Settings.database_url`) unless the caller put
-one in the config (``sqlalchemy.url``, as `api.migrate.upgrade_database(url)` and the tests do)."""
+one in the config (``sqlalchemy.url``, as `store.migrate.upgrade_database(url)` and the tests do)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from api.db import make_engine
-from api.models import Base
+from store.db import make_engine
+from store.models import Base
+from store.settings import get_settings
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
@@ -21,8 +22,6 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from api.settings import get_settings
-
     return get_settings().database_url
 
 

@@ -21,13 +21,14 @@ import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
-from worker.progress import utcnow
+from store import job_states
+from store.job_states import still_claimed_by
+from store.models import TERMINAL_STATES, Job, utcnow
 
 log = logging.getLogger(__name__)
 
-TERMINAL_STATES = ("succeeded", "failed", "canceled")
 # A running attempt whose heartbeat (every ~1 s, `worker.progress.Heartbeat`) is older than this is dead.
 STALE_AFTER_S = 60.0
 # A job whose worker process died this many times is failed instead of retried: it is probably what kills
@@ -38,24 +39,13 @@ MAX_ATTEMPTS = 3
 def _fail_lost_too_often(session, job_id, where: tuple, attempts: int, worker: str | None) -> None:
     """Fail (and commit) a job whose worker died ``attempts`` times, if its row still matches ``where``:
     retrying it once more would probably only kill the next worker too (see ``MAX_ATTEMPTS``)."""
-    from api.job_end import end_job
-
     message = (
         f"the worker process running this job stopped {attempts} times (last on {worker}) without finishing "
         "it, most likely killed for lack of memory; lower options.batch_size or the calibration "
         "max_samples, or use a worker with more memory, then resubmit"
     )
-    end_job(session, job_id, where, "failed", message, error=message)
+    job_states.end_job(session, job_id, where, "failed", message, error=message)
     session.commit()
-
-
-def still_claimed_by(job_id, owner: str | None, attempt: int) -> tuple:
-    """WHERE conditions that match the job's row only while attempt number ``attempt`` of ``owner`` still
-    runs it. Every write of an attempt (and of the sweep that ends it) is conditional on them, so an attempt
-    presumed dead and replaced can never overwrite what its successor wrote."""
-    from api.models import Job
-
-    return (Job.id == job_id, Job.state == "running", Job.worker == owner, Job.attempts == attempt)
 
 
 def owner_identity() -> str:
@@ -119,9 +109,6 @@ def claim_job(
     job_id, session_factory, *, stale_after_s: float, me: str | None = None
 ) -> tuple[Outcome, Claim | None]:
     """Try to make this process the job's running attempt (see the module docstring)."""
-    from api.job_end import end_job
-    from api.models import Job, JobEvent
-
     me = me or owner_identity()
     with session_factory() as session:
         job = session.execute(select(Job).where(Job.id == job_id)).scalar_one_or_none()
@@ -136,35 +123,23 @@ def claim_job(
             return Outcome.BUSY, None
         previous = job.attempts or 0
         prev_state, prev_worker = job.state, job.worker  # the UPDATEs below refresh ``job``
-        now = utcnow()
         unchanged = (Job.id == job_id, Job.state == prev_state, Job.attempts == previous)
         if prev_state == "running" and previous >= MAX_ATTEMPTS and prev_worker != me:
             _fail_lost_too_often(session, job_id, unchanged, previous, prev_worker)
             return Outcome.ENDED, None
         if job.cancel_requested:
-            end_job(session, job_id, unchanged, "canceled", "canceled before the worker started it")
+            job_states.end_job(session, job_id, unchanged, "canceled", "canceled before the worker started it")
             session.commit()
             return Outcome.ENDED, None
-        values = dict(
-            state="running",
-            attempts=previous + 1,
-            worker=me,
-            phase="loading",
-            progress=0.0,
-            eta_seconds=None,
-            error=None,
-            updated_at=now,
-        )
-        if job.started_at is None:
-            values["started_at"] = now
-        won = session.execute(update(Job).where(*unchanged).values(**values)).rowcount
-        if not won:
-            session.rollback()
-            return Outcome.BUSY, None
         note = f"attempt {previous + 1} started on {me}"
         if prev_state == "running":
             note += f"; the previous attempt on {prev_worker} stopped (worker lost)"
-        session.add(JobEvent(job_id=job_id, state="running", phase="loading", message=note))
+        first = job.started_at is None
+        if not job_states.start_attempt(
+            session, job_id, unchanged, owner=me, attempt=previous + 1, first=first, message=note
+        ):
+            session.rollback()
+            return Outcome.BUSY, None
         session.commit()
         return Outcome.CLAIMED, Claim(job_id, me, previous + 1)
 
@@ -179,8 +154,6 @@ def requeue_abandoned(
     timeout), so without this a killed worker's job would stay ``running`` forever. The conditional UPDATE
     lets several sweeping workers race safely.
     """
-    from api.models import Job, JobEvent
-
     requeued = []
     with session_factory() as session:
         rows = session.execute(
@@ -195,22 +168,9 @@ def requeue_abandoned(
             if attempts >= MAX_ATTEMPTS:
                 _fail_lost_too_often(session, job_id, guard, attempts, worker)
                 continue
-            done = session.execute(
-                update(Job)
-                .where(*guard)
-                .values(state="queued", phase="queued", eta_seconds=None, updated_at=utcnow())
-            ).rowcount
-            if not done:
+            message = f"attempt {attempts} on {worker} was lost (worker stopped or no heartbeat); job requeued"
+            if not job_states.requeue(session, job_id, guard, message):
                 continue
-            session.add(
-                JobEvent(
-                    job_id=job_id,
-                    state="queued",
-                    phase="queued",
-                    message=f"attempt {attempts} on {worker} was lost (worker stopped or no "
-                    "heartbeat); job requeued",
-                )
-            )
             session.commit()
             enqueue(job_id, queue)
             requeued.append(job_id)

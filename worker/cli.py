@@ -4,6 +4,10 @@
 the data folder, the API on 127.0.0.1 with authentication off, and one worker process consuming both queues —
 the same task code as production, only the servers differ. Set ``L2_DATABASE_URL`` / ``L2_BROKER_URL`` to use
 PostgreSQL / Redis instead. ``--demo`` also trains a tiny model and compresses it through the API.
+
+``serve`` is the one place outside `api` that imports the API (it runs it in this process). The ``l2``
+dispatcher registers this module for every subcommand, so what only ``serve`` needs (settings, Alembic,
+uvicorn and the API, the demo's torch) is imported inside it: ``l2 inspect`` and ``l2 --help`` stay quick.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import sys
 import threading
 import time
 
-from worker.celery_app import QUEUES
+from store.queues import QUEUES
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -152,13 +156,13 @@ def banner(lines: list[str]) -> str:
 
 def run_migrations() -> None:
     """`alembic upgrade head` for `Settings.database_url` (what ``l2 migrate`` does)."""
-    from api.migrate import upgrade_database
+    from store.migrate import upgrade_database  # Alembic only for `serve`: see the module docstring
 
     upgrade_database()
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from api.settings import get_settings
+    from store.settings import get_settings  # see the module docstring
 
     queues = parse_queues(args.queues)
     settings = get_settings()
@@ -217,6 +221,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def _run_api(args: argparse.Namespace, settings, demo_result: dict) -> None:
     """Serve the API until it is stopped; with ``--demo``, run the demo against it in a thread."""
+    # The web stack (uvicorn, FastAPI, the API's modules) loads only when `serve` runs; see the module docstring.
     import uvicorn
 
     from api.app import create_app
@@ -226,7 +231,7 @@ def _run_api(args: argparse.Namespace, settings, demo_result: dict) -> None:
     if args.demo:
 
         def demo() -> None:
-            from worker.demo import run_demo
+            from worker.demo import run_demo  # trains a model with torch: only with --demo
 
             try:
                 options = None

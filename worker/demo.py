@@ -15,6 +15,13 @@ import time
 from pathlib import Path
 
 import httpx
+import torch
+
+from api.auth import create_key
+from compression_core import zoo
+from compression_core.coding import load_l2
+from store.db import get_session_factory
+from store.settings import get_settings
 
 # Quick enough to watch (tens of seconds on a laptop CPU), slow enough to see the phases go by.
 DEMO_OPTIONS = {"rounds": 2, "transform_iters": 60, "weight_iters": 60}
@@ -51,9 +58,6 @@ def api_key_for_demo(settings) -> str | None:
     """With authentication on, the demo issues itself a key for tenant ``demo`` (it runs by the server)."""
     if not settings.auth_enabled:
         return None
-    from api.auth import create_key
-    from api.db import get_session_factory
-
     with get_session_factory()() as session:
         return create_key(session, "demo").key
 
@@ -83,11 +87,6 @@ def run_demo(
     poll_s: float = 1.0,
     timeout_s: float = 1800.0,
 ) -> int:
-    import torch
-
-    from compression_core import zoo
-    from compression_core.coding import load_l2
-
     headers = {}
     key = api_key_for_demo(settings)
     if key:
@@ -201,6 +200,4 @@ def follow(client: httpx.Client, job_id: str, *, poll_s: float = 1.0, timeout_s:
 
 
 if __name__ == "__main__":  # python -m worker.demo http://127.0.0.1:8000
-    from api.settings import get_settings
-
     sys.exit(run_demo(sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8000", get_settings()))

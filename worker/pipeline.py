@@ -9,7 +9,8 @@ presumed dead and replaced can never overwrite its successor. Outcomes:
 * any error about the job: state ``failed`` with a message saying what to change, no artifact and no
   temporary file left; transient database errors are re-raised so the task retries (`worker.tasks`).
 
-Torch is imported here, i.e. only in the pool child that runs a job.
+Torch is imported here at the top: `worker.tasks` imports this module only inside the task, i.e. only in the
+pool child that runs a job.
 """
 
 from __future__ import annotations
@@ -20,11 +21,32 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import delete, select, update
+import torch
+from sqlalchemy import delete, select
 
+from compression_core.coding import load_l2
+from compression_core.compressor import compress
+from compression_core.config import CompressionConfig, ConfigError
+from compression_core.evaluation import EvaluationError, compare_models
+from compression_core.loading import (
+    ArchitectureError,
+    CalibrationError,
+    CalibrationSpec,
+    CheckpointError,
+    LoadingError,
+    load_calibration,
+    load_model,
+)
+from compression_core.progress import CompressionCanceled
+from compression_core.recon.budget import UnreachableTargetError
+from store import job_states
+from store.db import SessionLocal, is_transient
+from store.job_states import still_claimed_by
+from store.models import Checkpoint, Dataset, Job, LayerResult
+from store.settings import get_settings
 from worker.artifacts import ArtifactPaths, publish, sha256_of
-from worker.claims import STALE_AFTER_S, Claim, Outcome, claim_job, still_claimed_by
-from worker.progress import Heartbeat, ProgressWriter, utcnow
+from worker.claims import STALE_AFTER_S, Claim, Outcome, claim_job
+from worker.progress import Heartbeat, ProgressWriter
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +80,11 @@ class JobSpec:
     device: str | None
 
 
-def _settings():
-    from api.settings import get_settings
-
-    return get_settings()
-
-
-def _session_factory():
-    from api.db import SessionLocal
-
-    return SessionLocal
-
-
 def run_pipeline(job_id, *, settings=None, session_factory=None, owner: str | None = None) -> str:
     """Run one delivery of job ``job_id``; returns ``succeeded``/``failed``/``canceled`` or the claim outcome
     (``ended``, ``busy``, ``missing``) when there was nothing for this delivery to do."""
-    settings = settings or _settings()
-    session_factory = session_factory or _session_factory()
+    settings = settings or get_settings()
+    session_factory = session_factory or SessionLocal
     outcome, claim = claim_job(job_id, session_factory, stale_after_s=STALE_AFTER_S, me=owner)
     if outcome is not Outcome.CLAIMED:
         log.info("job %s: nothing to do (%s)", job_id, outcome.value)
@@ -104,9 +114,6 @@ class JobRun:
 
     # -- the run ----
     def run(self) -> str:
-        from compression_core.progress import CompressionCanceled
-        from worker.tasks import is_transient
-
         heartbeat = Heartbeat(
             self.claim.job_id,
             self.claim.owner,
@@ -143,11 +150,6 @@ class JobRun:
             _release_accelerator_memory()
 
     def compress_and_publish(self, spec: JobSpec, heartbeat: Heartbeat) -> str:
-        from compression_core.compressor import compress
-        from compression_core.config import CompressionConfig
-        from compression_core.loading import CalibrationSpec, load_calibration, load_model
-        from compression_core.progress import CompressionCanceled
-
         device = resolve_device(spec.device)
         self.progress.set_phase("loading", 0.01, f"loading checkpoint and calibration data (device {device})")
         config = CompressionConfig.from_dict(dict(spec.options or {}))
@@ -203,12 +205,6 @@ class JobRun:
     def evaluate(self, model, artifact: Path, result, calibration, spec: JobSpec, device) -> dict:
         """Held-out agreement from `compress` (on calibration samples it never optimized on), plus, with an
         eval dataset, the decoded artifact's accuracy on it (labels required for accuracy)."""
-        import torch
-
-        from compression_core.coding import load_l2
-        from compression_core.evaluation import compare_models
-        from compression_core.loading import CalibrationSpec, load_calibration
-
         evaluation = {"holdout": dict(result.evaluation)}
         decoded = load_l2(artifact)
         mismatched = [
@@ -232,8 +228,6 @@ class JobRun:
 
     # -- rows ----
     def read_spec(self) -> JobSpec:
-        from api.models import Checkpoint, Dataset, Job
-
         with self.session_factory() as session:
             job = session.execute(select(Job).where(Job.id == self.claim.job_id)).scalar_one()
             checkpoint = session.get(Checkpoint, job.checkpoint_id) if job.checkpoint_id is not None else None
@@ -269,39 +263,27 @@ class JobRun:
         return still_claimed_by(self.claim.job_id, self.claim.owner, self.claim.attempt)
 
     def assert_still_claimed(self) -> None:
-        from api.models import Job
-
         with self.session_factory() as session:
             if session.execute(select(Job.id).where(*self._claimed())).first() is None:
                 raise AttemptLost(f"job {self.claim.job_id}: attempt {self.claim.attempt} was replaced")
 
     def record_success(self, result, file_bytes: int, digest: str, evaluation: dict) -> None:
-        from api.models import Job, JobEvent, LayerResult
-
-        now = utcnow()
         true_ratio = result.summary.original_bytes / file_bytes
+        message = f"{file_bytes} bytes, true ratio {true_ratio:.3f} (target {result.summary.target_ratio:g})"
         with self.session_factory() as session:
-            won = session.execute(
-                update(Job)
-                .where(*self._claimed())
-                .values(
-                    state="succeeded",
-                    phase="done",
-                    progress=1.0,
-                    eta_seconds=0.0,
-                    finished_at=now,
-                    updated_at=now,
-                    artifact_path=str(self.paths.final.relative_to(self.data_dir)),
-                    artifact_bytes=file_bytes,
-                    artifact_sha256=digest,
-                    true_ratio=true_ratio,
-                    original_bytes=result.summary.original_bytes,
-                    estimated_ratio=result.summary.original_bytes
-                    / max(1, result.summary.estimated_file_bytes),
-                    evaluation=evaluation,
-                    error=None,
-                )
-            ).rowcount
+            won = job_states.succeed(
+                session,
+                self.claim.job_id,
+                self._claimed(),
+                message,
+                artifact_path=str(self.paths.final.relative_to(self.data_dir)),
+                artifact_bytes=file_bytes,
+                artifact_sha256=digest,
+                true_ratio=true_ratio,
+                original_bytes=result.summary.original_bytes,
+                estimated_ratio=result.summary.original_bytes / max(1, result.summary.estimated_file_bytes),
+                evaluation=evaluation,
+            )
             if not won:
                 session.rollback()
                 raise AttemptLost(f"job {self.claim.job_id}: attempt {self.claim.attempt} was replaced")
@@ -326,22 +308,11 @@ class JobRun:
                         original_bytes=layer.original_bytes,
                     )
                 )
-            session.add(
-                JobEvent(
-                    job_id=self.claim.job_id,
-                    state="succeeded",
-                    phase="done",
-                    message=f"{file_bytes} bytes, true ratio {true_ratio:.3f}"
-                    f" (target {result.summary.target_ratio:g})",
-                )
-            )
             session.commit()
 
     def finish(self, state: str, *, message: str, error: str | None = None) -> None:
-        from api.job_end import end_job
-
         with self.session_factory() as session:
-            end_job(session, self.claim.job_id, self._claimed(), state, message[:4000], error=error)
+            job_states.end_job(session, self.claim.job_id, self._claimed(), state, message[:4000], error=error)
             session.commit()
 
     def cleanup(self) -> None:
@@ -354,8 +325,6 @@ class JobRun:
 
 # -- helpers ----
 def resolve_device(requested: str | None) -> str:
-    import torch
-
     requested = (requested or "auto").strip().lower()
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -378,10 +347,7 @@ def resolve_device(requested: str | None) -> str:
 
 
 def _release_accelerator_memory() -> None:
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
 
 
@@ -405,10 +371,6 @@ def json_safe(value):
 
 def explain(exc: BaseException) -> str:
     """A failure message for the user: what went wrong and what to change."""
-    from compression_core.config import ConfigError
-    from compression_core.loading import ArchitectureError, CalibrationError, CheckpointError, LoadingError
-    from compression_core.recon.budget import UnreachableTargetError
-
     text = str(exc) or type(exc).__name__
     if isinstance(exc, JobInputError):
         return text
@@ -424,15 +386,8 @@ def explain(exc: BaseException) -> str:
         return f"calibration data could not be read: {text}"
     if isinstance(exc, LoadingError):
         return f"input could not be loaded: {text}"
-    try:
-        from compression_core.evaluation import EvaluationError
-
-        if isinstance(exc, EvaluationError):
-            return f"evaluating the decoded model on the eval dataset failed: {text}"
-    except ImportError:
-        pass
-    import torch
-
+    if isinstance(exc, EvaluationError):
+        return f"evaluating the decoded model on the eval dataset failed: {text}"
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return (
             "out of GPU memory: lower options.batch_size, use a smaller calibration set (max_samples), or "

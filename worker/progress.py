@@ -17,12 +17,13 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 
 from compression_core.progress import ProgressEvent
+from store.job_states import record_event, still_claimed_by
+from store.models import Job, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +31,6 @@ log = logging.getLogger(__name__)
 COMPRESS_SPAN = (0.05, 0.95)
 # Below this fraction an ETA extrapolates from too little and jumps around; report none.
 _MIN_FRACTION_FOR_ETA = 0.02
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _finite(value: float | None) -> float | None:
@@ -124,22 +121,12 @@ class ProgressWriter:
             log.warning("progress write of job %s failed; continuing", self.job_id, exc_info=True)
 
     def _write(self, values: dict, event_message: str | None) -> None:
-        from api.models import Job, JobEvent
-        from worker.claims import still_claimed_by  # not at the top: worker.claims imports this module
-
         with self.session_factory() as session:
             result = session.execute(
                 update(Job).where(*still_claimed_by(self.job_id, self.owner, self.attempt)).values(**values)
             )
             if result.rowcount and event_message:
-                session.add(
-                    JobEvent(
-                        job_id=self.job_id,
-                        state="running",
-                        phase=values.get("phase"),
-                        message=event_message[:1000],
-                    )
-                )
+                record_event(session, self.job_id, "running", values.get("phase"), event_message[:1000])
             session.commit()
         self.writes += 1
 
@@ -186,9 +173,6 @@ class Heartbeat:
                 log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
 
     def beat(self) -> None:
-        from api.models import Job
-        from worker.claims import still_claimed_by  # not at the top: worker.claims imports this module
-
         with self.session_factory() as session:
             row = session.execute(
                 update(Job)

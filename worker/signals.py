@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from functools import partial
 
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
+
+from store.db import SessionLocal, get_engine
+from store.queues import QUEUES, send_job
+from worker.claims import STALE_AFTER_S, requeue_abandoned
 
 log = logging.getLogger(__name__)
 _stop = threading.Event()
@@ -21,8 +26,6 @@ SWEEP_INTERVAL_S = 30.0
 
 @worker_process_init.connect
 def _reset_db_after_fork(**_) -> None:
-    from api.db import get_engine
-
     get_engine().dispose(close=False)
 
 
@@ -30,27 +33,22 @@ def _consumed_queues(sender) -> list[str]:
     try:
         return sorted(sender.app.amqp.queues.consume_from)
     except Exception:  # older/other consumers: fall back to every queue
-        from worker.celery_app import QUEUES
-
         return list(QUEUES)
 
 
-def sweep_once(queues) -> list:
-    from api.db import SessionLocal
-    from worker.celery_app import enqueue_job
-    from worker.claims import STALE_AFTER_S, requeue_abandoned
-
-    return requeue_abandoned(SessionLocal, queues, stale_after_s=STALE_AFTER_S, enqueue=enqueue_job)
+def sweep_once(queues, enqueue) -> list:
+    return requeue_abandoned(SessionLocal, queues, stale_after_s=STALE_AFTER_S, enqueue=enqueue)
 
 
 @worker_ready.connect
 def _start_sweeper(sender=None, **_) -> None:
     queues = _consumed_queues(sender)
+    enqueue = partial(send_job, sender.app)
 
     def loop() -> None:
         while True:
             try:
-                found = sweep_once(queues)
+                found = sweep_once(queues, enqueue)
                 if found:
                     log.warning("requeued %d abandoned job(s): %s", len(found), found)
             except Exception:

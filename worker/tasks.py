@@ -9,25 +9,18 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
-
+from store.db import is_transient
 from worker.celery_app import TASK_NAME, celery_app
 
 log = logging.getLogger(__name__)
-
-TRANSIENT_ERRORS = (OperationalError, DisconnectionError)
-
-
-def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, TRANSIENT_ERRORS):
-        return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 @celery_app.task(name=TASK_NAME, bind=True, acks_late=True, max_retries=5)
 def run_job(self, job_id) -> str:
     """Run job ``job_id`` to an end state; returns the outcome's name (for logs; results are not stored)."""
-    from worker.pipeline import run_pipeline  # imports torch: only in the pool child that runs the job
+    # Imported here, not at the top: the pipeline imports torch, and this module is loaded by the Celery main
+    # process too, which must stay free of torch (only the pool child that runs a job pays for it).
+    from worker.pipeline import run_pipeline
 
     try:
         return run_pipeline(job_id)

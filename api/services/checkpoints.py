@@ -9,10 +9,10 @@ from sqlalchemy.orm import Session
 from api.auth import Caller
 from api.deps import AppContext
 from api.errors import Conflict
-from api.models import Checkpoint, Job
 from api.services.jobs import unfinished_job_using
 from api.services.owned import get_owned, list_owned
 from api.services.uploads import store_upload
+from store.models import Checkpoint, Job
 
 KIND = "checkpoints"
 

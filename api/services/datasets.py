@@ -15,11 +15,11 @@ from sqlalchemy.orm import Session
 from api.auth import Caller
 from api.deps import AppContext
 from api.errors import Conflict, Forbidden, Unprocessable
-from api.models import Dataset, Job
 from api.schemas import CalibrationSpecIn, DatasetCreate
 from api.services.jobs import unfinished_job_using
 from api.services.owned import get_owned, list_owned
 from api.services.uploads import store_upload
+from store.models import Dataset, Job
 
 KIND = "datasets"
 

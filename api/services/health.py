@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import redis
 from sqlalchemy import create_engine, text
 
 from api.deps import AppContext
@@ -17,8 +18,6 @@ def check_database(ctx: AppContext) -> str:
 
 def check_broker(url: str) -> str:
     if url.startswith(("redis://", "rediss://")):
-        import redis
-
         client = redis.Redis.from_url(url, socket_connect_timeout=TIMEOUT_S, socket_timeout=TIMEOUT_S)
         try:
             client.ping()

@@ -14,18 +14,18 @@ import logging
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.auth import Caller
 from api.deps import AppContext
 from api.errors import Conflict, Gone, Unavailable
-from api.job_end import end_job
-from api.models import TERMINAL_STATES, Checkpoint, Dataset, Job, JobEvent, LayerResult, utcnow
 from api.schemas import ArtifactInfo, JobCreate, JobPublic
 from api.services.owned import get_owned, list_owned
-from api.settings import Settings
+from store import job_states
+from store.models import TERMINAL_STATES, Checkpoint, Dataset, Job, JobEvent, LayerResult
+from store.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +150,7 @@ def create(
         if existing is None:
             raise
         return _replay(existing, digest, idempotency_key or ""), False
-    session.add(
-        JobEvent(job_id=job.id, state="queued", phase="queued", message=f"submitted to queue {queue}")
-    )
+    job_states.submitted(session, job)
     session.commit()
     _enqueue(ctx, session, job)
     return job, True
@@ -163,14 +161,9 @@ def _enqueue(ctx: AppContext, session: Session, job: Job) -> None:
         ctx.enqueue(job.id, job.queue)
     except Exception as exc:
         log.exception("could not enqueue job %s", job.id)
-        now = utcnow()
         message = f"the job could not be handed to the work queue ({type(exc).__name__}); resubmit it later"
-        session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.state == "queued")
-            .values(state="failed", phase="failed", error=message, finished_at=now, updated_at=now)
-        )
-        session.add(JobEvent(job_id=job.id, state="failed", phase="failed", message=message))
+        queued = (Job.id == job.id, Job.state == "queued")
+        job_states.end_job(session, job.id, queued, "failed", message, error=message)
         session.commit()
         raise Unavailable(
             f"job {job.id} was stored but the message broker is unavailable, so it was marked "
@@ -212,7 +205,7 @@ def cancel(session: Session, caller: Caller, job_id: str) -> Job:
     """queued → canceled now; running → ``cancel_requested`` (the worker's heartbeat sees it within about a
     second and stops); finished → 409. Conditional updates make a race with the worker's claim safe."""
     job = get(session, caller, job_id)
-    done = end_job(
+    done = job_states.end_job(
         session,
         job.id,
         (Job.id == job.id, Job.state == "queued"),
@@ -221,20 +214,7 @@ def cancel(session: Session, caller: Caller, job_id: str) -> Job:
         cancel_requested=True,
     )
     if not done:
-        done = session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.state == "running")
-            .values(cancel_requested=True, updated_at=Job.updated_at)  # updated_at is the worker's heartbeat
-        ).rowcount
-        if done:
-            session.add(
-                JobEvent(
-                    job_id=job.id,
-                    state="running",
-                    phase=job.phase,
-                    message="cancellation requested; the worker stops at its next check",
-                )
-            )
+        done = job_states.request_cancel(session, job.id, job.phase)
     session.commit()
     session.refresh(job)
     if not done:

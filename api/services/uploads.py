@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import Caller
 from api.deps import AppContext
 from api.errors import PayloadTooLarge, Unprocessable
-from api.models import new_id
+from store.models import new_id
 from api.storage import EmptyUpload, LocalStorage, StoredFile, UploadTooLarge
 
 Row = TypeVar("Row")

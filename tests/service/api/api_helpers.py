@@ -55,7 +55,7 @@ def finish_job(db, data_dir: Path, job_id: str, content: bytes = bytes(range(256
     import hashlib
     from datetime import UTC, datetime, timedelta
 
-    from api.models import Job, JobEvent, LayerResult
+    from store.models import Job, JobEvent, LayerResult
 
     job = db.get(Job, job_id)
     db.refresh(job)
@@ -96,7 +96,7 @@ def finish_job(db, data_dir: Path, job_id: str, content: bytes = bytes(range(256
 def set_state(db, job_id: str, state: str) -> None:
     from datetime import UTC, datetime
 
-    from api.models import Job
+    from store.models import Job
 
     job = db.get(Job, job_id)
     db.refresh(job)

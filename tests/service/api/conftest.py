@@ -20,10 +20,10 @@ from sqlalchemy import delete
 
 from api.app import create_app
 from api.auth import create_key
-from api.db import make_engine, make_session_factory
-from api.migrate import upgrade_database
-from api.models import ApiKey, Checkpoint, Dataset, Job, JobEvent, LayerResult, Tenant
-from api.settings import Settings
+from store.db import make_engine, make_session_factory
+from store.migrate import upgrade_database
+from store.models import ApiKey, Checkpoint, Dataset, Job, JobEvent, LayerResult, Tenant
+from store.settings import Settings
 
 PG_ADMIN = os.environ.get("L2_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 MAX_UPLOAD = 64 * 1024

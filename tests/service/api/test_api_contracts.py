@@ -31,16 +31,16 @@ def test_calibration_spec_mirrors_the_loaders_spec():
 
 
 def test_cli_offers_migrate_and_keys(tmp_path, monkeypatch, capsys):
-    from api.settings import get_settings
     from compression_core.cli import main
+    from store.settings import get_settings
 
     monkeypatch.setenv("L2_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("L2_DATABASE_URL", raising=False)
     get_settings.cache_clear()
-    import api.db
+    import store.db
 
-    monkeypatch.setattr(api.db, "_engine", None)
-    monkeypatch.setattr(api.db, "_session_factory", None)
+    monkeypatch.setattr(store.db, "_engine", None)
+    monkeypatch.setattr(store.db, "_session_factory", None)
     try:
         assert main(["migrate"]) == 0
         assert main(["keys", "create", "--tenant", "acme"]) == 0
@@ -52,6 +52,6 @@ def test_cli_offers_migrate_and_keys(tmp_path, monkeypatch, capsys):
         assert main(["keys", "revoke", prefix]) == 0
         assert main(["keys", "revoke", prefix]) == 1
     finally:
-        if api.db._engine is not None:
-            api.db._engine.dispose()
+        if store.db._engine is not None:
+            store.db._engine.dispose()
         get_settings.cache_clear()

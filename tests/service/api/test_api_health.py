@@ -82,7 +82,7 @@ def test_openapi_documents_every_route_with_response_models(client):
 
 def test_the_api_process_does_not_import_torch(tmp_path):
     code = (
-        "import sys; from api.app import create_app; from api.settings import Settings; "
+        "import sys; from api.app import create_app; from store.settings import Settings; "
         f"app = create_app(Settings(data_dir={str(tmp_path)!r})); "
         "import api.cli, api.routes.jobs, api.services.jobs; print('torch' in sys.modules)"
     )

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from api_helpers import finish_job, set_state, submit_job, upload_checkpoint, upload_dataset
 
-from api.models import Job
+from store.models import Job
 
 
 def test_submitting_a_job_answers_202_with_location_and_enqueues_it_after_commit(

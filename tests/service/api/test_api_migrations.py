@@ -8,9 +8,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from api.db import make_engine
-from api.migrate import upgrade_database
-from api.models import Base
+from store.db import make_engine
+from store.migrate import upgrade_database
+from store.models import Base
 
 
 def _check_schema(url: str) -> None:

@@ -9,24 +9,24 @@ from api_helpers import upload_checkpoint, upload_dataset
 from sqlalchemy import text
 
 from api.auth import Caller
-from api.db import make_engine
-from api.models import Job, Tenant
 from api.schemas import JobCreate
 from api.services import jobs as job_service
+from store.db import make_engine
+from store.models import Job, Tenant
 
 
 def test_the_names_the_worker_imports_exist(tmp_path, monkeypatch):
-    import api.db
-    import api.models
-    from api.settings import get_settings
+    import store.db
+    import store.models
+    from store.settings import get_settings
 
     monkeypatch.setenv("L2_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("L2_DATABASE_URL", raising=False)
     get_settings.cache_clear()
-    monkeypatch.setattr(api.db, "_engine", None)
-    monkeypatch.setattr(api.db, "_session_factory", None)
+    monkeypatch.setattr(store.db, "_engine", None)
+    monkeypatch.setattr(store.db, "_session_factory", None)
     try:
-        from api.db import SessionLocal, engine  # what worker.signals / worker.pipeline import
+        from store.db import SessionLocal, engine  # what worker.signals / worker.pipeline import
 
         assert str(engine.url) == f"sqlite:///{tmp_path / 'l2.db'}"
         assert SessionLocal.kw["bind"] is engine
@@ -36,7 +36,7 @@ def test_the_names_the_worker_imports_exist(tmp_path, monkeypatch):
     finally:
         get_settings.cache_clear()
     for name in ("Tenant", "ApiKey", "Checkpoint", "Dataset", "Job", "JobEvent", "LayerResult"):
-        assert hasattr(api.models, name)
+        assert hasattr(store.models, name)
 
 
 def test_sqlite_connections_use_wal_and_a_busy_timeout(tmp_path):

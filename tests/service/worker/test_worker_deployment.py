@@ -54,7 +54,7 @@ def test_services_share_the_data_volume_and_configure_every_server(compose):
 
 
 def test_every_l2_env_var_is_a_settings_field(compose):
-    settings_module = importlib.import_module("api.settings")
+    settings_module = importlib.import_module("store.settings")
     fields = {name.lower() for name in settings_module.Settings.model_fields}
     for name, service in compose["services"].items():
         for key in service.get("environment") or {}:

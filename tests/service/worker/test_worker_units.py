@@ -12,9 +12,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from api.db import make_engine, make_session_factory
-from api.models import Base, Checkpoint, Dataset, Job, JobEvent, Tenant
 from compression_core.progress import ProgressEvent
+from store.db import make_engine, make_session_factory
+from store.models import Base, Checkpoint, Dataset, Job, JobEvent, Tenant
 from worker import claims
 from worker.artifacts import ArtifactPaths, publish
 from worker.claims import Outcome, claim_job, owner_identity, requeue_abandoned
@@ -32,7 +32,7 @@ def db(tmp_path):
 
 @pytest.fixture
 def settings(tmp_path):
-    from api.settings import Settings
+    from store.settings import Settings
 
     return Settings(data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'l2.db'}")
 

@@ -15,7 +15,10 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+from store.settings import get_settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -56,8 +59,6 @@ def get_engine() -> Engine:
     """The process-wide engine for `Settings.database_url`."""
     global _engine
     if _engine is None:
-        from api.settings import get_settings
-
         _engine = make_engine(get_settings().database_url)
     return _engine
 
@@ -69,8 +70,19 @@ def get_session_factory() -> sessionmaker[Session]:
     return _session_factory
 
 
+TRANSIENT_ERRORS = (OperationalError, DisconnectionError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A database error worth retrying (the server went away, a lock timed out), as opposed to one about the
+    data, which would fail the same way again."""
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
 def __getattr__(name: str):
-    """``from api.db import engine, SessionLocal`` (the worker's names), created on first use."""
+    """``from store.db import engine, SessionLocal``, created on first use."""
     if name == "engine":
         return get_engine()
     if name == "SessionLocal":
