@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.deps import AppContext, Enqueue
 from api.errors import ServiceError
 from api.metrics import Metrics
-from api.routes import checkpoints, datasets, health, jobs
+from api.routes import checkpoints, datasets, health, jobs, webhooks
 from api.storage import LocalStorage
 from store.db import make_engine, make_session_factory
 from store.queues import celery_enqueuer
@@ -92,4 +92,6 @@ def create_app(
 
     for module in (checkpoints, datasets, jobs, health):
         app.include_router(module.router)
+    for router in (webhooks.router, webhooks.mlflow_router):  # issue 11: webhooks and the MLflow default
+        app.include_router(router)
     return app

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from api.schemas_events import EventType, MlflowBlock, MlflowPublic
+
 TransformKind = Literal["linear", "prune_quant", "log", "exp"]
 Size = int | tuple[int, int]
 
@@ -151,6 +153,12 @@ class JobCreate(_Strict):
     target_ratio: float = Field(gt=1, le=100, description="fp32 size / .l2 file size, in (1, 100]")
     options: CompressionOptions = Field(default_factory=CompressionOptions)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # -- events (issue 11) --
+    webhook_url: str | None = Field(
+        None, max_length=2000, description="shortcut: send this job's events here (its secret is in the 202 answer)"
+    )
+    webhook_events: list[EventType] | None = Field(None, description="event types for webhook_url; None: all")
+    mlflow: MlflowBlock | None = Field(None, description="log the result to MLflow (default: the tenant's block)")
 
     @field_validator("options", mode="before")
     @classmethod
@@ -198,6 +206,9 @@ class JobPublic(_FromRow):
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    webhook_url: str | None = None
+    webhook_secret: str | None = Field(None, description="signing secret of webhook_url, only in the 202 answer")
+    mlflow: MlflowPublic | None = None
 
 
 class JobsPublic(BaseModel):

@@ -3,7 +3,8 @@ and running → queued when an attempt is lost.
 
 The API (submission, cancel) and the workers (claim, requeue, outcome) both change a job only through these
 functions, so every change leaves the row alike (an end stamps the finish time, names the end state as the
-phase and clears the ETA) and records its `JobEvent` in the same transaction. Each change is one conditional
+phase and clears the ETA) and records its `JobEvent` and its webhook event (`store.outbox.emit_state`) in the
+same transaction. Each change is one conditional
 UPDATE: ``where`` says which row state the writer expects (e.g. "still claimed by my attempt"), so of two
 racing writers only the one whose condition still matches changes the row, and only that one records the
 event. The caller commits.
@@ -15,6 +16,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from store.models import TERMINAL_STATES, Job, JobEvent, utcnow
+from store.outbox import emit_state  # each state change's webhook event, in the same transaction
 
 __all__ = [
     "TERMINAL_STATES",
@@ -43,6 +45,7 @@ def still_claimed_by(job_id, owner: str | None, attempt: int) -> tuple:
 def submitted(session: Session, job: Job) -> None:
     """Record a new job row (state ``queued``, added by the caller) as submitted to its queue."""
     record_event(session, job.id, "queued", "queued", f"submitted to queue {job.queue}")
+    emit_state(session, job.id, "queued")
 
 
 def start_attempt(
@@ -65,6 +68,7 @@ def start_attempt(
     if not session.execute(update(Job).where(*where).values(**values)).rowcount:
         return False
     record_event(session, job_id, "running", "loading", message)
+    emit_state(session, job_id, "running")
     return True
 
 
@@ -75,6 +79,7 @@ def requeue(session: Session, job_id, where: tuple, message: str) -> bool:
     ).rowcount
     if done:
         record_event(session, job_id, "queued", "queued", message)
+        emit_state(session, job_id, "queued")
     return bool(done)
 
 
@@ -102,6 +107,7 @@ def end_job(session: Session, job_id, where: tuple, state: str, message: str, **
     ).rowcount
     if ended:
         record_event(session, job_id, state, state, message)
+        emit_state(session, job_id, state)
     return bool(ended)
 
 
@@ -124,4 +130,5 @@ def succeed(session: Session, job_id, where: tuple, message: str, **columns) -> 
     ).rowcount
     if won:
         record_event(session, job_id, "succeeded", "done", message)
+        emit_state(session, job_id, "succeeded")
     return bool(won)

@@ -85,6 +85,7 @@ class Tenant(Base):
     id: Mapped[str] = _id()
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = _created()
+    mlflow: Mapped[dict[str, Any] | None] = mapped_column(JSON, doc="default MLflow block of the tenant's jobs")
 
 
 class ApiKey(Base):
@@ -174,6 +175,8 @@ class Job(Base):
     true_ratio: Mapped[float | None] = mapped_column(Float)
     original_bytes: Mapped[int | None] = mapped_column(BigInteger)
     evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    webhook_url: Mapped[str | None] = mapped_column(Text, doc="per-job webhook shortcut (issue 11)")
+    mlflow: Mapped[dict[str, Any] | None] = mapped_column(JSON, doc="MLflow block: where to log the result")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = _created()
@@ -215,3 +218,114 @@ class LayerResult(Base):
     sparsity: Mapped[float | None] = mapped_column(Float)
     bytes: Mapped[int | None] = mapped_column(BigInteger)
     original_bytes: Mapped[int | None] = mapped_column(BigInteger)
+
+
+# -- events out of the service (issue 11): webhooks from a transactional outbox, MLflow exports ----------------
+# An auto-incrementing 64-bit key on PostgreSQL; SQLite only auto-increments a column declared INTEGER.
+_SEQ = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class WebhookEndpoint(Base):
+    """Where a tenant's job events go. ``job_id`` set: the per-job ``webhook_url`` shortcut (only that job's
+    events). ``secret`` signs deliveries (Standard Webhooks, ``whsec_`` + base64); after a rotation the previous
+    secret signs too until ``previous_secret_expires_at``. ``status`` becomes ``failing`` when a delivery gave
+    up after the retry window, and ``active`` again on the next success."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = _id()
+    tenant_id: Mapped[str] = _tenant()
+    job_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(String(500))
+    event_types: Mapped[list[Any]] = mapped_column(default=list, doc="empty: every event type")
+    secret: Mapped[str] = mapped_column(String(100))
+    previous_secret: Mapped[str | None] = mapped_column(String(100))
+    previous_secret_expires_at: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    failing_since: Mapped[datetime | None]
+    created_at: Mapped[datetime] = _created()
+
+
+class OutboxEvent(Base):
+    """One event, written in the same transaction as the state change it reports (`api.outbox.emit`), so a
+    crash can neither lose it nor invent it. ``id`` is the ``webhook-id`` of every delivery of it; ``seq``
+    orders a job's events; ``dispatched_at`` is set once it has been fanned out to deliveries."""
+
+    __tablename__ = "outbox_events"
+
+    seq: Mapped[int] = mapped_column(_SEQ, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    tenant_id: Mapped[str] = mapped_column(String(36), ForeignKey("tenants.id", ondelete="CASCADE"))
+    job_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    type: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = _created()
+    dispatched_at: Mapped[datetime | None] = mapped_column(index=True)
+
+
+class WebhookDelivery(Base):
+    """One event to one endpoint, retried until the receiver answers 2xx or the retry window closes."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_endpoint_job", "endpoint_id", "job_id", "event_seq"),
+    )
+
+    id: Mapped[str] = _id()
+    endpoint_id: Mapped[str] = mapped_column(String(36), ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    event_seq: Mapped[int] = mapped_column(_SEQ, ForeignKey("outbox_events.seq", ondelete="CASCADE"), index=True)
+    event_id: Mapped[str] = mapped_column(String(40))
+    event_type: Mapped[str] = mapped_column(String(40))
+    job_id: Mapped[str | None] = mapped_column(String(36))
+    status: Mapped[str] = mapped_column(String(16), default="pending", doc="pending | succeeded | failed")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    window_started_at: Mapped[datetime] = mapped_column(default=utcnow, doc="the retry window runs from here")
+    leased_until: Mapped[datetime | None] = mapped_column(doc="a dispatcher is sending it until then")
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_latency_ms: Mapped[float | None] = mapped_column(Float)
+    last_response: Mapped[str | None] = mapped_column(Text, doc="start of the receiver's last answer")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created()
+    delivered_at: Mapped[datetime | None]
+
+
+class WebhookAttempt(Base):
+    """One HTTP request of a delivery: the delivery log."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[str] = _id()
+    delivery_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True
+    )
+    number: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    response_snippet: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class MlflowExport(Base):
+    """Logging a succeeded job's result to MLflow: created when its ``job.succeeded`` event is dispatched,
+    retried with backoff on failure (each failure is a ``job.mlflow_failed`` event); never fails the job."""
+
+    __tablename__ = "mlflow_exports"
+    __table_args__ = (Index("ix_mlflow_exports_due", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = _id()
+    tenant_id: Mapped[str] = mapped_column(String(36), ForeignKey("tenants.id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(String(36), ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="pending", doc="pending | logged | failed")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    leased_until: Mapped[datetime | None]
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    model_version: Mapped[str | None] = mapped_column(String(32))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

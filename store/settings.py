@@ -16,6 +16,8 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from store.url_guard import parse_allow_list
+
 GiB = 1024**3
 
 
@@ -40,6 +42,27 @@ class Settings(BaseSettings):
     default_tenant: str = Field("local", description="tenant that owns everything when auth is off")
     gpu_workers: bool = Field(False, description="jobs with device 'auto' go to the gpu queue when true")
     progress_min_interval_s: float = Field(1.0, ge=0, description="least seconds between progress row writes")
+    # -- events out of the service: webhooks and MLflow (issue 11) --
+    webhook_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="hosts, addresses or networks (CIDR) webhooks may reach although they are loopback, "
+        "link-local, private or metadata addresses (a JSON list or comma-separated); empty: none",
+    )
+    webhook_dispatch: bool = Field(True, description="workers deliver webhooks and MLflow exports")
+    webhook_timeout_s: float = Field(10.0, gt=0, le=300, description="seconds one delivery may take")
+    webhook_max_response_bytes: int = Field(
+        64 * 1024, ge=0, description="bytes of a receiver's answer read (the rest is not read)"
+    )
+    webhook_retry_base_s: float = Field(5.0, gt=0, description="delay before the first retry; doubles each time")
+    webhook_retry_max_s: float = Field(3600.0, gt=0, description="longest delay between two retries")
+    webhook_retry_window_s: float = Field(
+        24 * 3600.0, gt=0, description="retry a delivery this long, then give up and mark the endpoint failing"
+    )
+    webhook_progress_interval_s: float = Field(
+        5.0, ge=0, description="least seconds between two job.progress deliveries to one endpoint"
+    )
+    webhook_poll_interval_s: float = Field(0.2, gt=0, description="how often the dispatcher looks for work")
+    webhook_concurrency: int = Field(16, ge=1, le=256, description="deliveries one dispatcher sends at once")
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
 
@@ -56,6 +79,22 @@ class Settings(BaseSettings):
             if text.startswith("["):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_allow", mode="before")
+    @classmethod
+    def _split_allow(cls, value):
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_allow")
+    @classmethod
+    def _valid_allow(cls, value: list[str]) -> list[str]:
+        parse_allow_list(value)  # checks each entry, naming a bad one
         return value
 
     @field_validator("allowed_data_roots")

@@ -16,12 +16,11 @@ import argparse
 import ipaddress
 import os
 import signal
-import subprocess
 import sys
 import threading
-import time
 
 from store.queues import QUEUES
+from worker.supervisor import WorkerSupervisor
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -125,11 +124,26 @@ def run_worker(args: argparse.Namespace) -> int:
         loglevel=args.loglevel,
         max_tasks_per_child=args.max_tasks_per_child,
     )
-    sys.stdout.flush()
-    os.execv(
-        sys.executable, cmd
-    )  # Celery becomes this process: signals from the supervisor reach it directly
-    return 0  # not reached
+    # Supervised (worker.supervisor): a Celery main process that dies is started again. SIGTERM (docker stop,
+    # systemd) or Ctrl+C stops it warmly: the running job finishes first; a second Ctrl+C kills it.
+    supervisor = WorkerSupervisor(cmd, stop_timeout_s=None, say=_say)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        supervisor.start()
+        supervisor.wait()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        try:
+            supervisor.stop()
+        except (KeyboardInterrupt, SystemExit):
+            if supervisor.proc is not None and supervisor.proc.poll() is None:
+                os.killpg(supervisor.proc.pid, signal.SIGKILL)
+    return 0
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 # -- serve ----
@@ -205,17 +219,15 @@ def run_serve(args: argparse.Namespace) -> int:
     # With the default handler that kills this process before `finally` runs, and the worker (in its own
     # session, so a terminal's Ctrl+C reaches only us) would be orphaned. Turn it into SystemExit instead.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    worker_proc = None
+    supervisor = None
     demo_result: dict = {}
     try:
-        if not args.no_worker:
-            worker_proc = subprocess.Popen(
-                worker_command(queues, hostname="l2-embedded@%h"), start_new_session=True
-            )
+        if not args.no_worker:  # restarted whenever it dies (worker.supervisor)
+            supervisor = WorkerSupervisor(worker_command(queues, hostname="l2-embedded@%h"), say=_say).start()
         _run_api(args, settings, demo_result)
     finally:
-        if worker_proc is not None:
-            stop_process_group(worker_proc)
+        if supervisor is not None:
+            supervisor.stop()
     return int(demo_result.get("rc", 0))
 
 
@@ -274,21 +286,3 @@ def _redact(url: str) -> str:
         return f"{scheme}://{user}:***@{tail}" if ":" in creds else url
     return url
 
-
-def stop_process_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    """Warm shutdown (SIGTERM lets the running job's message go back unacknowledged), then SIGKILL."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()

@@ -24,9 +24,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from compression_core.progress import ProgressEvent
 from store.job_states import record_event, still_claimed_by
 from store.models import Job, utcnow
+from store.outbox import emit
 
 log = logging.getLogger(__name__)
 
+# Least seconds between two job.progress webhook events of one job (endpoints get at most one per 5 s too).
+PROGRESS_EVENT_INTERVAL_S = 5.0
 # The compressor's fraction 0..1 becomes this span of the job's progress.
 COMPRESS_SPAN = (0.05, 0.95)
 # Below this fraction an ETA extrapolates from too little and jumps around; report none.
@@ -66,6 +69,7 @@ class ProgressWriter:
         self.started = clock()
         self.phase: str | None = None
         self._last_write = -math.inf
+        self._last_progress_event = -math.inf
         self.writes = 0
         self.failed_writes = 0
 
@@ -127,6 +131,9 @@ class ProgressWriter:
             )
             if result.rowcount and event_message:
                 record_event(session, self.job_id, "running", values.get("phase"), event_message[:1000])
+            if result.rowcount and self.clock() - self._last_progress_event >= PROGRESS_EVENT_INTERVAL_S:
+                emit(session, self.job_id, "job.progress")  # webhook event, throttled (store.outbox)
+                self._last_progress_event = self.clock()
             session.commit()
         self.writes += 1
 

@@ -17,6 +17,7 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from store.db import SessionLocal, get_engine
 from store.queues import QUEUES, send_job
 from worker.claims import STALE_AFTER_S, requeue_abandoned
+from worker.events import hooks as _event_hooks  # noqa: F401  (webhook dispatcher + MLflow exporter threads)
 
 log = logging.getLogger(__name__)
 _stop = threading.Event()

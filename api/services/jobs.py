@@ -22,6 +22,7 @@ from api.auth import Caller
 from api.deps import AppContext
 from api.errors import Conflict, Gone, Unavailable
 from api.schemas import ArtifactInfo, JobCreate, JobPublic
+from api.services import job_events
 from api.services.owned import get_owned, list_owned
 from store import job_states
 from store.models import TERMINAL_STATES, Checkpoint, Dataset, Job, JobEvent, LayerResult
@@ -129,6 +130,7 @@ def create(
         if existing is not None:
             return _replay(existing, digest, idempotency_key), False
     _check_references(session, caller, body)
+    job_events.check_job_request(ctx.settings, body)
     queue = choose_queue(body.device, ctx.settings)
     job = Job(
         **{field: getattr(body, field) for field in _FROM_REQUEST},
@@ -140,6 +142,7 @@ def create(
         progress=0.0,
         idempotency_key=idempotency_key or None,
         request_fingerprint=digest,
+        **job_events.job_columns(body),
     )
     session.add(job)
     try:
@@ -150,8 +153,10 @@ def create(
         if existing is None:
             raise
         return _replay(existing, digest, idempotency_key or ""), False
+    webhook_secret = job_events.add_job_endpoint(session, job, body)
     job_states.submitted(session, job)
     session.commit()
+    job.webhook_secret_once = webhook_secret  # shown in this answer only
     _enqueue(ctx, session, job)
     return job, True
 
@@ -279,6 +284,7 @@ def to_public(job: Job) -> JobPublic:
         cancel_requested=bool(job.cancel_requested),
         artifact=artifact,
         attempts=job.attempts or 0,
+        **job_events.public_fields(job),
     )
 
 

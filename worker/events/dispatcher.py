@@ -1,0 +1,403 @@
+"""Delivering the outbox: fan events out to endpoints, send them, retry, keep the log.
+
+Runs in every worker's main process (`worker.signals` starts it beside the sweeper), never in the pool child
+that runs a job, so a slow or dead receiver cannot slow a compression down. Several workers may run one
+each: every step that takes work is a conditional UPDATE, so an event is fanned out once and a delivery
+attempt is made by one dispatcher at a time.
+
+* **Fan-out** (`Dispatcher.fan_out`): each committed, undispatched `OutboxEvent` becomes one
+  `WebhookDelivery` per matching endpoint of its tenant (event filter; per-job endpoints only for their job).
+  ``job.progress`` goes to an endpoint at most once per ``webhook_progress_interval_s``. A ``job.succeeded``
+  whose job (or tenant) has an MLflow block also gets its `MlflowExport`.
+* **Sending**: due deliveries are leased (``leased_until``), their request built from plain values, and
+  posted from a thread pool; results come back to the loop thread, which records them in one transaction.
+  A delivery is not sent while an earlier delivery of the same job to the same endpoint is still pending:
+  per-endpoint ordering by job. A dispatcher killed mid-request leaves the lease to expire; the next attempt
+  carries the same ``webhook-id`` (at-least-once).
+* **Retries**: exponential backoff (``webhook_retry_base_s`` doubling up to ``webhook_retry_max_s``, ±25 %
+  jitter) until ``webhook_retry_window_s`` (24 h) after the first attempt; then the delivery is ``failed`` and
+  its endpoint marked ``failing`` (until its next success).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import httpx
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.orm import aliased
+
+from store.models import (
+    Job,
+    MlflowExport,
+    OutboxEvent,
+    Tenant,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    utcnow,
+)
+from store.url_guard import UnsafeURL, check_url, parse_allow_list
+from worker.events.sender import AttemptResult, post
+from store.webhook_signing import sign_headers
+
+log = logging.getLogger(__name__)
+
+FAN_OUT_BATCH = 500
+LEASE_MARGIN_S = 5.0
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """Everything one attempt needs, read while leasing it (no ORM object crosses threads)."""
+
+    delivery_id: str
+    endpoint_id: str
+    attempt: int
+    url: str
+    secrets: tuple[str, ...]
+    event_id: str
+    body: bytes
+
+
+def backoff_s(failures: int, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
+    """Delay after the ``failures``-th failed attempt: base·2^(failures-1), at most ``max_s``, ±25 % jitter
+    (so receivers that failed together are not all retried in the same instant)."""
+    delay = min(max_s, base_s * 2 ** max(0, failures - 1))
+    return delay * (rng or random).uniform(0.75, 1.25)
+
+
+class Dispatcher:
+    def __init__(self, session_factory, settings, *, client: httpx.Client | None = None) -> None:
+        self.session_factory = session_factory
+        self.settings = settings
+        self.allow = parse_allow_list(settings.webhook_allow)
+        self.client = client or httpx.Client(follow_redirects=False, trust_env=False)
+        self.pool = ThreadPoolExecutor(max_workers=settings.webhook_concurrency, thread_name_prefix="l2-webhook")
+        self.results: queue.Queue[tuple[Outgoing, AttemptResult]] = queue.Queue()
+        self.in_flight = 0
+        self.endpoint_in_flight: dict[str, int] = {}
+        self.per_endpoint_limit = max(1, settings.webhook_concurrency // 4)
+
+    # -- fan-out ----
+    def fan_out(self, limit: int = FAN_OUT_BATCH) -> int:
+        """Turn committed outbox events into deliveries; returns how many events it took."""
+        taken = 0
+        with self.session_factory() as session:
+            events = (
+                session.execute(
+                    select(OutboxEvent)
+                    .where(OutboxEvent.dispatched_at.is_(None))
+                    .order_by(OutboxEvent.seq)
+                    .limit(limit)
+                )
+                .scalars()
+                .all()
+            )
+            if not events:
+                return 0
+            now = utcnow()
+            endpoints: dict[str, list] = {}
+            last_progress: dict[str, datetime | None] = {}
+            for event in events:
+                won = session.execute(
+                    update(OutboxEvent)
+                    .where(OutboxEvent.seq == event.seq, OutboxEvent.dispatched_at.is_(None))
+                    .values(dispatched_at=now)
+                ).rowcount
+                if not won:
+                    continue
+                taken += 1
+                if event.tenant_id not in endpoints:
+                    endpoints[event.tenant_id] = list(
+                        session.execute(
+                            select(WebhookEndpoint).where(WebhookEndpoint.tenant_id == event.tenant_id)
+                        ).scalars()
+                    )
+                for endpoint in endpoints[event.tenant_id]:
+                    if endpoint.job_id is not None and endpoint.job_id != event.job_id:
+                        continue
+                    if endpoint.event_types and event.type not in endpoint.event_types:
+                        continue
+                    if event.type == "job.progress" and self._progress_throttled(
+                        session, endpoint.id, now, last_progress
+                    ):
+                        continue
+                    session.add(
+                        WebhookDelivery(
+                            endpoint_id=endpoint.id,
+                            event_seq=event.seq,
+                            event_id=event.id,
+                            event_type=event.type,
+                            job_id=event.job_id,
+                            status="pending",
+                            attempts=0,
+                            next_attempt_at=now,
+                            window_started_at=now,
+                            created_at=now,
+                        )
+                    )
+                if event.type == "job.succeeded" and event.job_id is not None:
+                    self._add_mlflow_export(session, event, now)
+            session.commit()
+        return taken
+
+    def _progress_throttled(self, session, endpoint_id: str, now: datetime, last: dict) -> bool:
+        if endpoint_id not in last:
+            last[endpoint_id] = session.execute(
+                select(func.max(WebhookDelivery.created_at)).where(
+                    WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.event_type == "job.progress"
+                )
+            ).scalar()
+        previous = last[endpoint_id]
+        if previous is not None:
+            previous = previous if previous.tzinfo else previous.replace(tzinfo=now.tzinfo)
+            if (now - previous).total_seconds() < self.settings.webhook_progress_interval_s:
+                return True
+        last[endpoint_id] = now
+        return False
+
+    def _add_mlflow_export(self, session, event: OutboxEvent, now: datetime) -> None:
+        job_block, tenant_block = session.execute(
+            select(Job.mlflow, Tenant.mlflow).join(Tenant, Tenant.id == Job.tenant_id).where(Job.id == event.job_id)
+        ).one()
+        config = job_block or tenant_block
+        if not config:
+            return
+        exists = session.execute(select(MlflowExport.id).where(MlflowExport.job_id == event.job_id)).first()
+        if exists is None:
+            session.add(
+                MlflowExport(
+                    tenant_id=event.tenant_id,
+                    job_id=event.job_id,
+                    config=dict(config),
+                    status="pending",
+                    attempts=0,
+                    next_attempt_at=now,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+
+    # -- leasing due deliveries ----
+    def lease(self, limit: int) -> list[Outgoing]:
+        """Lease up to ``limit`` due deliveries whose earlier siblings (same endpoint and job) are done."""
+        if limit <= 0:
+            return []
+        now = utcnow()
+        earlier = aliased(WebhookDelivery)
+        blocked = (
+            select(earlier.id)
+            .where(
+                earlier.endpoint_id == WebhookDelivery.endpoint_id,
+                earlier.job_id == WebhookDelivery.job_id,
+                earlier.status == "pending",
+                earlier.event_seq < WebhookDelivery.event_seq,
+            )
+            .exists()
+        )
+        free = (WebhookDelivery.leased_until.is_(None)) | (WebhookDelivery.leased_until < now)
+        lease_until = now + timedelta(seconds=self.settings.webhook_timeout_s + LEASE_MARGIN_S)
+        with self.session_factory() as session:
+            candidates = session.execute(
+                select(WebhookDelivery.id, WebhookDelivery.endpoint_id)
+                .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now, free, ~blocked)
+                .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.event_seq)
+                .limit(limit * 4)
+            ).all()
+            ids = self._fair_share(candidates, limit)
+            if not ids:
+                return []
+            leased = list(
+                session.execute(
+                    update(WebhookDelivery)
+                    .where(WebhookDelivery.id.in_(ids), WebhookDelivery.status == "pending", free)
+                    .values(leased_until=lease_until)
+                    .returning(WebhookDelivery.id)
+                ).scalars()
+            )
+            rows = session.execute(
+                select(WebhookDelivery, WebhookEndpoint, OutboxEvent)
+                .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+                .join(OutboxEvent, OutboxEvent.seq == WebhookDelivery.event_seq)
+                .where(WebhookDelivery.id.in_(leased))
+                .order_by(WebhookDelivery.event_seq)
+            ).all()
+            session.commit()
+        return [self._outgoing(d, e, ev, now) for d, e, ev in rows]
+
+    def _fair_share(self, candidates, limit: int) -> list[str]:
+        """At most ``per_endpoint_limit`` attempts in flight per endpoint, so one slow receiver cannot take
+        every sending thread from the others."""
+        counts = dict(self.endpoint_in_flight)
+        ids = []
+        for delivery_id, endpoint_id in candidates:
+            if counts.get(endpoint_id, 0) >= self.per_endpoint_limit:
+                continue
+            counts[endpoint_id] = counts.get(endpoint_id, 0) + 1
+            ids.append(delivery_id)
+            if len(ids) >= limit:
+                break
+        return ids
+
+    @staticmethod
+    def _outgoing(delivery, endpoint, event, now: datetime) -> Outgoing:
+        secrets = [endpoint.secret]
+        expires = endpoint.previous_secret_expires_at
+        if endpoint.previous_secret and expires is not None and expires > now:
+            secrets.append(endpoint.previous_secret)
+        return Outgoing(
+            delivery_id=delivery.id,
+            endpoint_id=endpoint.id,
+            attempt=(delivery.attempts or 0) + 1,
+            url=endpoint.url,
+            secrets=tuple(secrets),
+            event_id=event.id,
+            body=json.dumps(event.payload, separators=(",", ":"), ensure_ascii=False).encode(),
+        )
+
+    # -- one attempt (pool thread) ----
+    def attempt(self, item: Outgoing) -> AttemptResult:
+        try:
+            target = check_url(item.url, self.allow)
+        except UnsafeURL as exc:
+            return AttemptResult(None, 0.0, None, str(exc))
+        headers = sign_headers(list(item.secrets), item.event_id, int(utcnow().timestamp()), item.body)
+        return post(
+            self.client,
+            target,
+            item.body,
+            headers,
+            timeout_s=self.settings.webhook_timeout_s,
+            max_response_bytes=self.settings.webhook_max_response_bytes,
+        )
+
+    def _send(self, item: Outgoing) -> None:
+        try:
+            result = self.attempt(item)
+        except Exception as exc:  # a bug must not lose the lease bookkeeping: it is a failed attempt
+            log.exception("webhook delivery %s: unexpected error", item.delivery_id)
+            result = AttemptResult(None, 0.0, None, f"internal error: {type(exc).__name__}: {exc}")
+        self.results.put((item, result))
+
+    # -- recording results (loop thread) ----
+    def record(self, finished: list[tuple[Outgoing, AttemptResult]]) -> None:
+        if not finished:
+            return
+        s = self.settings
+        with self.session_factory() as session:
+            now = utcnow()
+            for item, result in finished:
+                delivery = session.get(WebhookDelivery, item.delivery_id)
+                if delivery is None or delivery.status != "pending":
+                    continue  # deleted, or redelivered and already settled by another dispatcher
+                session.add(
+                    WebhookAttempt(
+                        delivery_id=delivery.id,
+                        number=item.attempt,
+                        started_at=now - timedelta(milliseconds=result.latency_ms),
+                        status_code=result.status_code,
+                        latency_ms=result.latency_ms,
+                        response_snippet=result.snippet,
+                        error=result.error,
+                    )
+                )
+                delivery.attempts = item.attempt
+                delivery.leased_until = None
+                delivery.last_status_code = result.status_code
+                delivery.last_latency_ms = result.latency_ms
+                delivery.last_response = result.snippet
+                delivery.last_error = result.error
+                endpoint_status = None
+                if result.ok:
+                    delivery.status, delivery.delivered_at = "succeeded", now
+                    endpoint_status = ("active", None)
+                else:
+                    window_end = _aware(delivery.window_started_at, now) + timedelta(seconds=s.webhook_retry_window_s)
+                    if now >= window_end:
+                        delivery.status = "failed"
+                        endpoint_status = ("failing", now)
+                    else:
+                        delay = backoff_s(item.attempt, s.webhook_retry_base_s, s.webhook_retry_max_s)
+                        delivery.next_attempt_at = min(now + timedelta(seconds=delay), window_end)
+                if endpoint_status is not None:
+                    status, since = endpoint_status
+                    condition = WebhookEndpoint.status != status
+                    values = {"status": status, "failing_since": since}
+                    session.execute(
+                        update(WebhookEndpoint)
+                        .where(and_(WebhookEndpoint.id == item.endpoint_id, condition))
+                        .values(**values)
+                    )
+            session.commit()
+
+    def _drain(self, wait_s: float) -> list[tuple[Outgoing, AttemptResult]]:
+        finished = []
+        try:
+            finished.append(self.results.get(timeout=wait_s) if wait_s > 0 else self.results.get_nowait())
+        except queue.Empty:
+            return finished
+        while True:
+            try:
+                finished.append(self.results.get_nowait())
+            except queue.Empty:
+                return finished
+
+    # -- the loop ----
+    def step(self, wait_s: float = 0.0) -> int:
+        """One round: record finished attempts, fan out, lease and start what is due. Returns the number of
+        attempts started."""
+        self._settle(self._drain(wait_s))
+        self.fan_out()
+        outgoing = self.lease(self.settings.webhook_concurrency - self.in_flight)
+        for item in outgoing:
+            self.in_flight += 1
+            self.endpoint_in_flight[item.endpoint_id] = self.endpoint_in_flight.get(item.endpoint_id, 0) + 1
+            self.pool.submit(self._send, item)
+        return len(outgoing)
+
+    def _settle(self, finished: list[tuple[Outgoing, AttemptResult]]) -> None:
+        for item, _ in finished:
+            self.in_flight -= 1
+            left = self.endpoint_in_flight.get(item.endpoint_id, 1) - 1
+            if left > 0:
+                self.endpoint_in_flight[item.endpoint_id] = left
+            else:
+                self.endpoint_in_flight.pop(item.endpoint_id, None)
+        self.record(finished)
+
+    def run(self, stop: threading.Event) -> None:
+        """Loop until ``stop`` is set; database trouble is logged and retried on the next round."""
+        poll = self.settings.webhook_poll_interval_s
+        started = 0
+        while not stop.is_set():
+            try:
+                started = self.step(wait_s=0.0 if started else poll)
+            except Exception:
+                log.warning("webhook dispatcher round failed; retrying", exc_info=True)
+                started = 0
+                stop.wait(poll * 5)
+        self.close()
+
+    def drain_in_flight(self, timeout_s: float = 30.0) -> None:
+        """Wait for started attempts and record them (tests, shutdown)."""
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight > 0 and time.monotonic() < deadline:
+            self._settle(self._drain(0.1))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+
+
+def _aware(value: datetime, like: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=like.tzinfo)
