@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session, sessionmaker
@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.deps import AppContext, Enqueue
 from api.errors import ServiceError
 from api.metrics import Metrics
-from api.routes import checkpoints, datasets, health, jobs, webhooks
+from api.routes import checkpoints, datasets, health, jobs, uploads_tus, webhooks
+from api.services.limits import RateLimiter, enforce_rate_limit
 from api.storage import LocalStorage
 from store.db import make_engine, make_session_factory
 from store.queues import celery_enqueuer
@@ -90,8 +91,11 @@ def create_app(
             status_code=500,
         )
 
-    for module in (checkpoints, datasets, jobs, health):
-        app.include_router(module.router)
+    # Every /v1 resource counts against the tenant's request rate (api.services.limits); health does not.
+    app.state.rate_limiter = RateLimiter(settings)
+    for module in (checkpoints, datasets, jobs, uploads_tus):
+        app.include_router(module.router, dependencies=[Depends(enforce_rate_limit)])
     for router in (webhooks.router, webhooks.mlflow_router):  # issue 11: webhooks and the MLflow default
-        app.include_router(router)
+        app.include_router(router, dependencies=[Depends(enforce_rate_limit)])
+    app.include_router(health.router)
     return app

@@ -43,3 +43,12 @@ class Unprocessable(ServiceError):
 
 class Unavailable(ServiceError):
     status_code = 503
+
+
+class TooManyRequests(ServiceError):
+    """A per-tenant limit was hit; ``Retry-After`` says when to try again."""
+
+    status_code = 429
+
+    def __init__(self, detail: str, retry_after_s: float) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, int(retry_after_s + 0.999)))})

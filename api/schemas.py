@@ -285,3 +285,21 @@ class ReadyPublic(BaseModel):
 
 Limit = Annotated[int, Field(ge=1, le=500)]
 Offset = Annotated[int, Field(ge=0)]
+
+
+# -- resumable uploads (tus 1.0) -----------------------------------------------------------------------------
+class UploadPublic(_FromRow):
+    """A resumable upload: ``offset`` of ``length`` bytes received; ``resource`` is the checkpoint or dataset
+    it became once complete."""
+
+    id: str
+    kind: Literal["checkpoint", "dataset"]
+    filename: str
+    name: str | None
+    length: int
+    offset: int
+    complete: bool
+    resource_id: str | None
+    resource: str | None = Field(description="URL of the checkpoint or dataset, once complete")
+    created_at: datetime
+    expires_at: datetime

@@ -87,7 +87,7 @@ class LocalStorage:
         """Write ``chunks`` to ``<kind>/<tenant>/<id>/<filename>``; raises `UploadTooLarge` past ``max_bytes``
         or `EmptyUpload` for no bytes, in both cases leaving no file. Disk writes run in a thread in ~1 MiB
         blocks so the event loop keeps serving other requests."""
-        tmp_dir = self.root / "tmp"
+        tmp_dir = self.tmp_dir
         tmp_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f"{kind}-", suffix=".part", dir=tmp_dir)
         tmp = Path(tmp_name)
@@ -120,6 +120,20 @@ class LocalStorage:
             tmp.unlink(missing_ok=True)
             raise
         return StoredFile(path=str(final.relative_to(self.root)), size_bytes=size, sha256=digest.hexdigest())
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Where uploads in progress live (the same file system as their final place, so a rename is atomic)."""
+        return self.root / "tmp"
+
+    def adopt(self, part: Path, *, kind: str, tenant_id: str, object_id: str, filename: str) -> str:
+        """Move a finished upload's part file to ``<kind>/<tenant>/<id>/<filename>`` with an atomic rename;
+        returns the path relative to data_dir (what the row stores)."""
+        folder = self.folder_for(kind, tenant_id, object_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / safe_filename(filename)
+        os.replace(part, final)
+        return str(final.relative_to(self.root))
 
     def delete_object(self, kind: str, tenant_id: str, object_id: str) -> None:
         """Remove an upload's folder (missing is fine: deletion is idempotent)."""

@@ -63,6 +63,23 @@ class Settings(BaseSettings):
     )
     webhook_poll_interval_s: float = Field(0.2, gt=0, description="how often the dispatcher looks for work")
     webhook_concurrency: int = Field(16, ge=1, le=256, description="deliveries one dispatcher sends at once")
+    # -- per-tenant limits and resumable uploads (0 turns a limit off) --
+    rate_limit_per_window: int = Field(
+        1200, ge=0, description="requests a tenant may make per rate-limit window (429 + Retry-After beyond)"
+    )
+    rate_limit_window_s: float = Field(60.0, gt=0, description="length of the rate-limit window in seconds")
+    max_concurrent_jobs: int = Field(
+        50, ge=0, description="queued + running jobs a tenant may have at once (429 beyond)"
+    )
+    max_stored_bytes: int = Field(
+        500 * GiB,
+        ge=0,
+        description="bytes a tenant may store: checkpoints, uploaded datasets, artifacts and unfinished "
+        "resumable uploads (413 beyond)",
+    )
+    upload_expiry_s: float = Field(
+        24 * 3600.0, gt=0, description="an unfinished resumable upload untouched this long is deleted"
+    )
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
 

@@ -11,7 +11,8 @@ from api.deps import AppContext
 from api.errors import Conflict
 from api.services.jobs import unfinished_job_using
 from api.services.owned import get_owned, list_owned
-from api.services.uploads import store_upload
+from api.services.uploads import record_upload, store_upload
+from api.storage import StoredFile
 from store.models import Checkpoint, Job
 
 KIND = "checkpoints"
@@ -20,6 +21,20 @@ KIND = "checkpoints"
 async def upload(ctx: AppContext, caller: Caller, chunks: AsyncIterator[bytes], filename: str) -> Checkpoint:
     return await store_upload(
         ctx, caller, chunks, kind=KIND, model=Checkpoint, filename=filename, metric_kind="checkpoint"
+    )
+
+
+async def record(ctx: AppContext, caller: Caller, stored: StoredFile, object_id: str, filename: str) -> Checkpoint:
+    """The checkpoint row of a file already in place (a finished resumable upload)."""
+    return await record_upload(
+        ctx,
+        caller,
+        stored,
+        object_id=object_id,
+        kind=KIND,
+        model=Checkpoint,
+        filename=filename,
+        metric_kind="checkpoint",
     )
 
 

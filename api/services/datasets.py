@@ -18,7 +18,8 @@ from api.errors import Conflict, Forbidden, Unprocessable
 from api.schemas import CalibrationSpecIn, DatasetCreate
 from api.services.jobs import unfinished_job_using
 from api.services.owned import get_owned, list_owned
-from api.services.uploads import store_upload
+from api.services.uploads import record_upload, store_upload
+from api.storage import StoredFile
 from store.models import Dataset, Job
 
 KIND = "datasets"
@@ -59,6 +60,32 @@ async def upload(
         ctx,
         caller,
         chunks,
+        kind=KIND,
+        model=Dataset,
+        filename=filename,
+        metric_kind="dataset",
+        name=name or filename,
+        source="upload",
+        spec=_spec_dict(spec),
+    )
+
+
+async def record(
+    ctx: AppContext,
+    caller: Caller,
+    stored: StoredFile,
+    *,
+    object_id: str,
+    name: str | None,
+    filename: str,
+    spec: CalibrationSpecIn,
+) -> Dataset:
+    """The dataset row of a file already in place (a finished resumable upload)."""
+    return await record_upload(
+        ctx,
+        caller,
+        stored,
+        object_id=object_id,
         kind=KIND,
         model=Dataset,
         filename=filename,

@@ -23,6 +23,7 @@ from api.deps import AppContext
 from api.errors import Conflict, Gone, Unavailable
 from api.schemas import ArtifactInfo, JobCreate, JobPublic
 from api.services import job_events
+from api.services.limits import check_concurrent_jobs
 from api.services.owned import get_owned, list_owned
 from store import job_states
 from store.models import TERMINAL_STATES, Checkpoint, Dataset, Job, JobEvent, LayerResult
@@ -130,6 +131,7 @@ def create(
         if existing is not None:
             return _replay(existing, digest, idempotency_key), False
     _check_references(session, caller, body)
+    check_concurrent_jobs(session, caller, ctx.settings)
     job_events.check_job_request(ctx.settings, body)
     queue = choose_queue(body.device, ctx.settings)
     job = Job(

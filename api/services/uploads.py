@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import Caller
 from api.deps import AppContext
 from api.errors import PayloadTooLarge, Unprocessable
+from api.services.limits import quota_left, quota_message
 from store.models import new_id
 from api.storage import EmptyUpload, LocalStorage, StoredFile, UploadTooLarge
 
@@ -46,13 +47,14 @@ async def receive(
     object_id: str,
     filename: str,
     limit: int,
+    too_large: str | None = None,
 ) -> StoredFile:
     try:
         return await storage.save_stream(
             chunks, kind=kind, tenant_id=tenant_id, object_id=object_id, filename=filename, max_bytes=limit
         )
     except UploadTooLarge as exc:
-        raise PayloadTooLarge(too_large_message(limit)) from exc
+        raise PayloadTooLarge(too_large or too_large_message(limit)) from exc
     except EmptyUpload as exc:
         raise Unprocessable(str(exc)) from exc
 
@@ -68,10 +70,13 @@ async def store_upload(
     metric_kind: str,
     **columns,
 ) -> Row:
-    """Store the upload under a new id, then save the caller's row of ``model`` that records the file (its
-    id, name, path, size and SHA-256) with ``columns`` besides. If the row cannot be saved (or the request
-    is cancelled meanwhile) the file is deleted again, so no file is left on disk without a row for it."""
+    """Store the upload under a new id (cut off at the size limit or the tenant's remaining stored-bytes
+    quota, whichever is smaller), then save the row that records it (`record_upload`)."""
     object_id = new_id()
+    limit, too_large = ctx.settings.max_upload_bytes, None
+    left = await run_in_threadpool(_quota_left, ctx, caller)
+    if left is not None and left < limit:
+        limit, too_large = left, quota_message(ctx.settings, left)
     stored = await receive(
         ctx.storage,
         chunks,
@@ -79,8 +84,42 @@ async def store_upload(
         tenant_id=caller.tenant_id,
         object_id=object_id,
         filename=filename,
-        limit=ctx.settings.max_upload_bytes,
+        limit=limit,
+        too_large=too_large,
     )
+    return await record_upload(
+        ctx,
+        caller,
+        stored,
+        object_id=object_id,
+        kind=kind,
+        model=model,
+        filename=filename,
+        metric_kind=metric_kind,
+        **columns,
+    )
+
+
+def _quota_left(ctx: AppContext, caller: Caller) -> int | None:
+    with ctx.session_factory() as session:
+        return quota_left(session, caller, ctx.settings)
+
+
+async def record_upload(
+    ctx: AppContext,
+    caller: Caller,
+    stored: StoredFile,
+    *,
+    object_id: str,
+    kind: str,
+    model: type[Row],
+    filename: str,
+    metric_kind: str,
+    **columns,
+) -> Row:
+    """Save the caller's row of ``model`` that records a stored file (its id, name, path, size and SHA-256)
+    with ``columns`` besides; plain and resumable uploads both end here. If the row cannot be saved (or the
+    request is cancelled meanwhile) the file is deleted again, so no file is left on disk without a row."""
     ctx.metrics.upload_bytes.labels(kind=metric_kind).inc(stored.size_bytes)
 
     def save() -> Row:
