@@ -22,7 +22,7 @@ from api.app import create_app
 from api.auth import create_key
 from store.db import make_engine, make_session_factory
 from store.migrate import upgrade_database
-from store.models import ApiKey, Checkpoint, Dataset, Job, JobEvent, LayerResult, Tenant
+from store.models import ApiKey, Checkpoint, Dataset, Job, JobEvent, LayerResult, Tenant, WorkerHeartbeat
 from store.settings import Settings
 
 PG_ADMIN = os.environ.get("L2_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -82,7 +82,7 @@ def db(session_factory):
     with session_factory() as session:
         yield session
     with session_factory() as session:  # children first
-        for model in (LayerResult, JobEvent, Job, Dataset, Checkpoint, ApiKey, Tenant):
+        for model in (LayerResult, JobEvent, Job, Dataset, Checkpoint, ApiKey, Tenant, WorkerHeartbeat):
             session.execute(delete(model))
         session.commit()
 

@@ -1,0 +1,134 @@
+"""The client side of the server's tus 1.0 uploads: create, then ``PATCH`` the file in chunks, each with its
+SHA-256 (``Upload-Checksum``); after a dropped connection, ``HEAD`` asks the server for its offset and the
+upload goes on from there. Memory use is one chunk's hash state, not the file: each chunk is read twice from
+disk (once to hash it, once streamed as the body)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+
+from l2_client.errors import ChecksumMismatch, Conflict, ConnectionFailed, L2Error, error_from_response
+from l2_client.transport import Transport
+
+TUS_VERSION = "1.0.0"
+CHUNK_BYTES = 64 * 1024**2
+READ_BYTES = 1024**2
+TUS_HEADERS = {"Tus-Resumable": TUS_VERSION}
+
+
+def encode_metadata(values: dict[str, str]) -> str:
+    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in values.items() if v is not None)
+
+
+def _read_range(path: Path, start: int, length: int) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        f.seek(start)
+        left = length
+        while left > 0:
+            block = f.read(min(READ_BYTES, left))
+            if not block:
+                raise L2Error(f"{path} shrank while it was being uploaded")
+            left -= len(block)
+            yield block
+
+
+def _chunk_checksum(path: Path, start: int, length: int) -> str:
+    digest = hashlib.sha256()
+    for block in _read_range(path, start, length):
+        digest.update(block)
+    return "sha256 " + base64.b64encode(digest.digest()).decode()
+
+
+class ResumableUpload:
+    """One file sent through ``/v1/uploads``. ``on_progress(sent, total)`` is called after each chunk."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        path: str | os.PathLike,
+        *,
+        kind: str,
+        name: str | None = None,
+        spec: dict | None = None,
+        chunk_bytes: int = CHUNK_BYTES,
+        max_resumes: int = 20,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.transport, self.path = transport, Path(path)
+        self.kind, self.name, self.spec = kind, name, spec
+        self.chunk_bytes, self.max_resumes, self.on_progress = chunk_bytes, max_resumes, on_progress
+        self.size = self.path.stat().st_size
+        self.url: str | None = None
+        self.resumes = 0
+
+    def create(self) -> str:
+        meta = {"kind": self.kind, "filename": self.path.name}
+        if self.name:
+            meta["name"] = self.name
+        if self.spec:
+            meta["spec"] = json.dumps(self.spec)
+        response = self.transport.request(
+            "POST",
+            "/v1/uploads",
+            headers={**TUS_HEADERS, "Upload-Length": str(self.size), "Upload-Metadata": encode_metadata(meta)},
+        )
+        self.url = response.headers["Location"]
+        return self.url
+
+    def offset(self) -> tuple[int, str | None]:
+        """The server's offset (where to resume) and, once complete, the resource the upload became."""
+        response = self.transport.request("HEAD", self.url, headers=TUS_HEADERS)
+        return int(response.headers["Upload-Offset"]), response.headers.get("L2-Resource")
+
+    def _patch(self, offset: int) -> httpx.Response:
+        length = min(self.chunk_bytes, self.size - offset)
+        headers = {
+            **TUS_HEADERS,
+            "Content-Type": "application/offset+octet-stream",
+            "Upload-Offset": str(offset),
+            "Upload-Checksum": _chunk_checksum(self.path, offset, length),
+            "Content-Length": str(length),
+        }
+        # No automatic retry here: after a failure the server's offset decides what to send next.
+        response = self.transport.http.request(
+            "PATCH", self.url, headers=headers, content=_read_range(self.path, offset, length)
+        )
+        if response.status_code >= 400:
+            raise error_from_response(response)
+        return response
+
+    def upload(self) -> str:
+        """Send the whole file (resuming after dropped connections); returns the URL of the checkpoint or
+        dataset it became (``/v1/checkpoints/<id>``)."""
+        if self.url is None:
+            self.create()
+        offset, resource = 0, None
+        while resource is None:
+            try:
+                response = self._patch(offset)
+                offset = int(response.headers["Upload-Offset"])
+                resource = response.headers.get("L2-Resource")
+                if self.on_progress:
+                    self.on_progress(offset, self.size)
+                if offset >= self.size and resource is None:
+                    raise L2Error(f"the server received all {self.size} bytes but named no resource")
+            except (httpx.TransportError, ChecksumMismatch, Conflict, ConnectionFailed) as exc:
+                # Conflict: the server may still be finishing the request that broke (it holds the upload).
+                self.resumes += 1
+                if self.resumes > self.max_resumes:
+                    raise ConnectionFailed(
+                        f"upload of {self.path} stopped at byte {offset} of {self.size} after {self.resumes - 1} "
+                        f"resumes ({type(exc).__name__}: {exc}); call upload() again to resume from the server's "
+                        f"offset ({self.url})"
+                    ) from exc
+                time.sleep(self.transport.delay(min(self.resumes, 5)))
+                offset, resource = self.offset()
+        return resource

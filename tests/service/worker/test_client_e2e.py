@@ -1,0 +1,154 @@
+"""The Python client against the real service: a real ``l2 serve`` (embedded default) and the PostgreSQL/Redis
+stack. Submit → wait → download with the SHA-256 the server recorded; an upload whose connection is cut
+mid-way resumes and the stored file is the source byte for byte; a submit whose response was lost is retried
+and creates one job; a 429 is retried after its Retry-After."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from client_proxy import FaultyProxy
+from worker_stack import L2_MAIN, ROOT, free_port, make_stack, needs_coding
+
+from l2_client import Client, Conflict
+
+QUICK = {"rounds": 0}  # the initial allocation only: the pipeline end to end in seconds
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class Served:
+    def __init__(self, base_url: str, data_dir: Path, log: Path) -> None:
+        self.base_url, self.data_dir, self.log = base_url, data_dir, log
+
+
+@pytest.fixture(scope="module")
+def l2_serve(tmp_path_factory):
+    """``l2 serve`` as a user starts it: nothing configured but the data folder and a free port."""
+    tmp = tmp_path_factory.mktemp("l2-serve")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("L2_")}
+    env.update({"L2_DATA_DIR": str(tmp / "data"), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"})
+    log = tmp / "serve.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", L2_MAIN, "serve", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.3)
+    yield Served(base, tmp / "data", log)
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def compress_and_download(client: Client, files, data_dir: Path, out: Path) -> None:
+    checkpoint = client.upload_checkpoint(files.checkpoint)
+    assert checkpoint.sha256 == sha256_file(files.checkpoint)
+    calibration = client.upload_dataset(files.calibration, {"kind": "tensors"})
+    job = client.submit(checkpoint, calibration, 10.0, architecture="digits_cnn", options=QUICK, device="cpu")
+    job.wait(timeout=300, progress=False, poll_interval=0.3)
+    assert job.state == "succeeded" and job.info.true_ratio is not None
+    job.download(out)
+    on_server = data_dir / next(iter((data_dir / "artifacts").rglob(f"{job.id}.l2"))).relative_to(data_dir)
+    assert sha256_file(out) == job.info.artifact.sha256 == sha256_file(on_server)
+    assert len(job.layers()) > 0 and [e.state for e in job.events()][-1] == "succeeded"
+
+
+@needs_coding
+def test_submit_wait_download_against_l2_serve(l2_serve, digits_files, tmp_path):
+    with Client(l2_serve.base_url) as client:
+        compress_and_download(client, digits_files, l2_serve.data_dir, tmp_path / "digits.l2")
+
+
+@needs_coding
+def test_submit_wait_download_against_postgres_and_redis(pg_redis_stack, digits_files, tmp_path):
+    pg_redis_stack.start_worker("client-e2e")
+    try:
+        with Client(pg_redis_stack.base_url) as client:
+            compress_and_download(client, digits_files, pg_redis_stack.data_dir, tmp_path / "digits.l2")
+    finally:
+        pg_redis_stack.stop_workers()
+
+
+@pytest.mark.parametrize("backend", ["l2_serve", "pg_redis_stack"])
+def test_an_upload_cut_mid_way_resumes_and_the_stored_file_is_the_source(backend, request, tmp_path):
+    served = request.getfixturevalue(backend)
+    port = int(served.base_url.rsplit(":", 1)[1])
+    source = tmp_path / "big.safetensors"
+    source.write_bytes(os.urandom(3 * 1024**2 + 12345))
+    proxy = FaultyProxy(port, cut_after=1_300_000)
+    try:
+        with Client(proxy.url, resumable_threshold=1024**2, chunk_bytes=512 * 1024) as client:
+            checkpoint = client.upload_checkpoint(source)
+    finally:
+        proxy.close()
+    assert proxy.cuts == 1
+    assert checkpoint.sha256 == sha256_file(source) and checkpoint.size_bytes == source.stat().st_size
+    stored = served.data_dir / "checkpoints"
+    (on_disk,) = [p for p in stored.rglob("big.safetensors") if checkpoint.id in str(p)]
+    assert sha256_file(on_disk) == sha256_file(source)
+
+
+def test_a_submit_whose_response_was_lost_creates_one_job(l2_serve, tmp_path):
+    with Client(l2_serve.base_url) as direct:
+        ckpt_file, data_file = tmp_path / "m.pt", tmp_path / "d.pt"
+        ckpt_file.write_bytes(b"not really a model")
+        data_file.write_bytes(b"not really data")
+        checkpoint, dataset = direct.upload_checkpoint(ckpt_file), direct.upload_dataset(data_file)
+        before = {j.id for j in direct.jobs(limit=500)}
+        proxy = FaultyProxy(int(l2_serve.base_url.rsplit(":", 1)[1]), drop_response_to=b"POST /v1/jobs ")
+        try:
+            with Client(proxy.url) as flaky:
+                flaky.transport.sleep = lambda s: None
+                job = flaky.submit(checkpoint, dataset, 10.0, options=QUICK, device="cpu")
+        finally:
+            proxy.close()
+        assert proxy.dropped_responses == 1
+        new = [j for j in direct.jobs(limit=500) if j.id not in before]
+        assert [j.id for j in new] == [job.id]
+        with contextlib.suppress(Conflict):  # the fake checkpoint may already have failed the job
+            direct.job(job.id).cancel()
+
+
+def test_429_is_retried_after_retry_after(tmp_path):
+    stack = make_stack(tmp_path, f"sqlite:///{tmp_path / 'data' / 'l2.db'}", f"sqla+sqlite:///{tmp_path / 'b.db'}")
+    stack.env.update({"L2_RATE_LIMIT_PER_WINDOW": "3", "L2_RATE_LIMIT_WINDOW_S": "2"})
+    stack.migrate()
+    stack.start_api()
+    waits: list[float] = []
+    try:
+        with Client(stack.base_url) as client:
+            real_sleep = client.transport.sleep
+            client.transport.sleep = lambda s: (waits.append(s), real_sleep(s))
+            for _ in range(5):
+                assert client.jobs() == []
+    finally:
+        stack.stop()
+    assert waits and all(1 <= w <= 2 for w in waits), waits  # the server's Retry-After, not the backoff
