@@ -123,25 +123,33 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+def _default_caller(session: Session, name: str) -> Caller:
+    tenant = get_or_create_tenant(session, name)
+    session.commit()
+    return Caller(tenant_id=tenant.id, tenant_name=tenant.name, key_prefix=None)
+
+
 def current_caller(
     request: Request,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
     x_api_key: Annotated[str | None, Depends(api_key_scheme)],
 ) -> Caller:
-    """FastAPI dependency: the tenant of the presented API key (or the default tenant when auth is off)."""
-    settings = request.app.state.ctx.settings
-    with request.app.state.ctx.session_factory() as session:
+    """FastAPI dependency: the tenant of the presented API key (or the default tenant when auth is off).
+    Answers are remembered for a few seconds (`api.caller_cache`): a poll costs no key lookup."""
+    ctx = request.app.state.ctx
+    settings = ctx.settings
+    with ctx.session_factory() as session:  # no connection is taken unless a lookup runs
         if not settings.auth_enabled:
-            tenant = get_or_create_tenant(session, settings.default_tenant)
-            session.commit()
-            return Caller(tenant_id=tenant.id, tenant_name=tenant.name, key_prefix=None)
+            return ctx.callers.get(
+                f"default tenant {settings.default_tenant}", lambda: _default_caller(session, settings.default_tenant)
+            )
         key = (bearer.credentials if bearer else None) or x_api_key
         if key is None:
             raise _unauthorized(
                 "missing API key: send 'Authorization: Bearer l2_<prefix>_<secret>' or "
                 "'X-API-Key: ...'; create one with 'l2 keys create --tenant NAME'"
             )
-        caller = authenticate(session, key)
+        caller = ctx.callers.get(hash_secret(key), lambda: authenticate(session, key))
     if caller is None:
         raise _unauthorized(
             "invalid or revoked API key; create a new one with 'l2 keys create --tenant NAME'"

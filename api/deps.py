@@ -4,13 +4,14 @@ storage, enqueue function, metrics), a database session, and the calling tenant 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import Caller, CallerDep
+from api.caller_cache import CallerCache
 from api.storage import LocalStorage
 from store.settings import Settings
 
@@ -24,6 +25,7 @@ class AppContext:
     storage: LocalStorage
     enqueue: Enqueue
     metrics: object  # api.metrics.Metrics
+    callers: CallerCache = field(default_factory=CallerCache)  # who each credential belongs to, for a few s
 
 
 def get_context(request: Request) -> AppContext:

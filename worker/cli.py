@@ -55,6 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--port", type=int, default=None, help="port (default L2_API_PORT, 8000)")
     s.add_argument("--queues", "-Q", default=",".join(QUEUES), help="queues the embedded worker consumes")
     s.add_argument("--no-worker", action="store_true", help="run only the API (workers run elsewhere)")
+    s.add_argument(
+        "--api-workers",
+        type=int,
+        default=1,
+        help="API processes sharing the port (default 1); on a machine of its own, one per core",
+    )
     s.add_argument("--no-migrate", action="store_true", help="do not upgrade the database schema at start-up")
     s.add_argument(
         "--demo",
@@ -238,8 +244,22 @@ def _run_api(args: argparse.Namespace, settings, demo_result: dict) -> None:
 
     from api.app import create_app
 
-    config = uvicorn.Config(create_app(settings), host=args.host, port=args.port, log_level="info")
-    server = uvicorn.Server(config)
+    if args.api_workers > 1:
+        # Several API processes behind one socket (uvicorn's supervisor): each builds the app from the
+        # environment, so this process's decisions travel there.
+        os.environ["L2_AUTH_ENABLED"] = "true" if settings.auth_enabled else "false"
+        config = uvicorn.Config(
+            "api.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            log_level="info",
+            workers=args.api_workers,
+        )
+        server = None
+    else:
+        config = uvicorn.Config(create_app(settings), host=args.host, port=args.port, log_level="info")
+        server = uvicorn.Server(config)
     if args.demo:
 
         def demo() -> None:
@@ -263,10 +283,18 @@ def _run_api(args: argparse.Namespace, settings, demo_result: dict) -> None:
                 print(f"demo failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
                 demo_result["rc"] = 1
             if args.exit_after_demo:
-                server.should_exit = True
+                if server is not None:
+                    server.should_exit = True
+                else:  # uvicorn's supervisor stops its processes on SIGTERM
+                    os.kill(os.getpid(), signal.SIGTERM)
 
         threading.Thread(target=demo, name="l2-demo", daemon=True).start()
-    server.run()
+    if server is not None:
+        server.run()
+    else:
+        from uvicorn.supervisors import Multiprocess
+
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
 
 
 def _exit_on_sigterm(signum, frame) -> None:

@@ -26,8 +26,20 @@ SWEEP_INTERVAL_S = 30.0
 
 
 @worker_process_init.connect
-def _reset_db_after_fork(**_) -> None:
+def _prepare_pool_child(**_) -> None:
     get_engine().dispose(close=False)
+    be_polite(get_settings())
+
+
+def be_polite(settings) -> None:
+    """Make the process that computes jobs yield to an API on the same machine: a higher niceness, and
+    `Settings.worker_torch_threads` torch threads. Set through the environment before torch is imported (the
+    first job imports it), so the main process stays free of torch."""
+    if settings.worker_nice:
+        os.nice(settings.worker_nice)
+    if settings.worker_torch_threads:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = str(settings.worker_torch_threads)
 
 
 def _consumed_queues(sender) -> list[str]:

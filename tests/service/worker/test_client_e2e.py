@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -152,3 +153,47 @@ def test_429_is_retried_after_retry_after(tmp_path):
     finally:
         stack.stop()
     assert waits and all(1 <= w <= 2 for w in waits), waits  # the server's Retry-After, not the backoff
+
+
+def readme_example(path: str) -> str:
+    """The example file, after checking that README.md shows it verbatim under its marker."""
+    text = (ROOT / path).read_text()
+    readme = (ROOT / "README.md").read_text()
+    marker = f"<!-- example: {path}"
+    assert marker in readme, f"README.md lost the example {path}"
+    block = readme.split(marker, 1)[1].split("```", 2)[1]
+    assert block.split("\n", 1)[1] == text, f"README.md's copy of {path} differs from the file; paste it again"
+    return text
+
+
+@needs_coding
+def test_the_readme_examples_run_against_l2_serve(l2_serve, digits_files, tmp_path):
+    import shutil
+
+    shutil.copy(digits_files.checkpoint, tmp_path / "digits_cnn.pt")
+    shutil.copy(digits_files.calibration, tmp_path / "calib.pt")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("L2_")}
+    env.update({"L2_URL": l2_serve.base_url, "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"})
+    python = subprocess.run(
+        [sys.executable, "-c", readme_example("docs/examples/client_example.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert python.returncode == 0, python.stderr[-3000:]
+    assert "x [(" in python.stdout and (tmp_path / "digits_cnn.l2").stat().st_size > 0
+    (tmp_path / "digits_cnn.l2").unlink()
+    shell = subprocess.run(
+        ["bash", "-c", readme_example("docs/examples/remote_pipeline.sh")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert shell.returncode == 0, shell.stdout[-2000:] + shell.stderr[-3000:]
+    assert "compressed " in shell.stdout and "LAYER" in shell.stdout
+    assert json.loads((tmp_path / "job.json").read_text())["job"]["state"] == "succeeded"
+    assert (tmp_path / "digits_cnn.l2").stat().st_size > 0
