@@ -49,6 +49,9 @@ class CompressionOptions(_Strict):
     feature_weight: float | None = Field(None, ge=0)
     bn_recalibration: bool | None = None
     holdout_fraction: float | None = Field(None, ge=0, lt=1)
+    output_keys: list[str] | None = Field(
+        None, description="named outputs the distillation distance compares, e.g. [\"last_hidden_state\"]; [] = all"
+    )
     min_coded_numel: int | None = Field(None, ge=1)
     ratio_tolerance: float | None = Field(None, gt=0, lt=0.5)
     seed: int | None = None
@@ -60,7 +63,7 @@ OPTION_NAMES = tuple(CompressionOptions.model_fields)
 class CalibrationSpecIn(_Strict):
     """How the worker turns the data into model inputs (`compression_core.loading.CalibrationSpec`)."""
 
-    kind: Literal["images", "tensors"] | None = Field(None, description="None: inferred from the content")
+    kind: Literal["images", "tensors", "text"] | None = Field(None, description="None: inferred from the content")
     resize: Size | None = 256
     crop: Size | None = 224
     mean: list[float] | None = None
@@ -74,6 +77,15 @@ class CalibrationSpecIn(_Strict):
     max_ratio: float = Field(100.0, ge=1)
     max_image_pixels: int = Field(89_478_485, ge=1)
     max_image_bytes: int = Field(64 * 1024**2, ge=1)
+    tokenizer: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="text: absolute server path of the model's tokenizer folder (inside an allowed data root); "
+        "the data is then a UTF-8 text file, one sample per non-empty line",
+    )
+    max_length: int = Field(128, ge=1, le=65536, description="text: tokens per sample (longer lines are truncated)")
+    padding: Literal["longest", "max_length"] = "longest"
 
     @field_validator("resize", "crop")
     @classmethod

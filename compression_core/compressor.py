@@ -38,6 +38,7 @@ from compression_core.recon.state import QuantizedState
 from compression_core.records import ArtifactContents, CodedTensor
 from compression_core.report import RunSummary, file_metadata, layer_report, original_bytes
 from compression_core.result import CompressionResult
+from compression_core.token_mask import token_mask
 from compression_core.transforms import plan_tensor
 from compression_core.transforms.levels import decode_symbols
 
@@ -72,18 +73,22 @@ def decode_state_dict(
     return out
 
 
-def _distance_on(model, reference_outputs, inputs: Inputs, batch_size: int, device) -> float:
+def _distance_on(model, reference_outputs, inputs: Inputs, batch_size: int, device, output_keys=()) -> float:
     with torch.no_grad():
         student = [
-            float_outputs(call_model(model, to_device(b, device))) for b in batches(inputs, batch_size)
+            float_outputs(call_model(model, to_device(b, device)), output_keys)
+            for b in batches(inputs, batch_size)
         ]
         cat = [torch.cat(parts) for parts in zip(*student, strict=True)]
-        return float(distillation_distance(cat, reference_outputs))
+        return float(distillation_distance(cat, reference_outputs, token_mask(inputs)))
 
 
-def _reference_outputs(model, inputs: Inputs, batch_size: int, device) -> list[torch.Tensor]:
+def _reference_outputs(model, inputs: Inputs, batch_size: int, device, output_keys=()) -> list[torch.Tensor]:
     with torch.no_grad():
-        parts = [float_outputs(call_model(model, to_device(b, device))) for b in batches(inputs, batch_size)]
+        parts = [
+            float_outputs(call_model(model, to_device(b, device)), output_keys)
+            for b in batches(inputs, batch_size)
+        ]
         return [torch.cat(p) for p in zip(*parts, strict=True)]
 
 
@@ -143,7 +148,8 @@ def compress(
     sensitivity = None
     if config.allocation == "sensitivity" and weights:
         sensitivity = weight_sensitivity(
-            work, list(weights), train_inputs, config.batch_size, device, config.seed
+            work, list(weights), train_inputs, config.batch_size, device, config.seed,
+            output_keys=config.output_keys,
         )
     start_bits = initial_bits(
         weights, vectors, budget.payload_bits(init_side), config.allocation, _MIN_INIT_BITS, sensitivity
@@ -235,11 +241,11 @@ def _maybe_recalibrate(model, decoded, train_inputs, config, device, reporter):
     reporter.emit("bn_recalibration", 0, 0.94, message="re-estimating BatchNorm statistics")
     reference = copy.deepcopy(model).float().eval().to(device)
     probe = select(train_inputs, slice(0, min(num_samples(train_inputs), 512)))
-    ref_out = _reference_outputs(reference, probe, config.batch_size, device)
-    before = _distance_on(candidate, ref_out, probe, config.batch_size, device)
+    ref_out = _reference_outputs(reference, probe, config.batch_size, device, config.output_keys)
+    before = _distance_on(candidate, ref_out, probe, config.batch_size, device, config.output_keys)
     recal = copy.deepcopy(candidate)
     recalibrate_batchnorm(recal, train_inputs, config.batch_size, device)
-    after = _distance_on(recal, ref_out, probe, config.batch_size, device)
+    after = _distance_on(recal, ref_out, probe, config.batch_size, device, config.output_keys)
     kept = after < before
     return (recal if kept else candidate), {
         "applied": True,

@@ -26,6 +26,9 @@ class CompressionConfig:
     ``sensitivity`` (steps ∝ 1/√(measured sensitivity), spending the budget), ``equal_step`` (one step for
     every weight) or ``equal_bits`` (the same bits per weight in every tensor); see `recon/allocation.py`.
     ``holdout_fraction`` of the calibration samples is never used for optimization, only to report accuracy.
+    ``output_keys``: which named outputs (dict / ModelOutput entries, e.g. ``("last_hidden_state",)``) the
+    distillation distance compares; empty means every floating-point output. Token outputs count only real
+    tokens when the inputs carry an ``attention_mask`` (`token_mask.py`).
     """
 
     transform: str = "prune_quant"
@@ -43,6 +46,7 @@ class CompressionConfig:
     allocation: str = "sensitivity"
     feature_modules: tuple[str, ...] = ()
     feature_weight: float = 1.0
+    output_keys: tuple[str, ...] = ()
     bn_recalibration: bool = True
     holdout_fraction: float = 0.2
     min_coded_numel: int = 64
@@ -78,6 +82,11 @@ class CompressionConfig:
         need(0.0 <= self.holdout_fraction < 1.0, "holdout_fraction", "must be in [0, 1)")
         need(self.min_coded_numel >= 1, "min_coded_numel", "must be ≥ 1")
         need(0.0 < self.ratio_tolerance < 0.5, "ratio_tolerance", "must be in (0, 0.5)")
+        need(
+            isinstance(self.output_keys, tuple) and all(isinstance(k, str) and k for k in self.output_keys),
+            "output_keys",
+            "a tuple of output names, e.g. ('last_hidden_state',); empty for every output",
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,4 +107,7 @@ class CompressionConfig:
             fixed["transform_overrides"] = tuple((str(p), str(k)) for p, k in items)
         if "feature_modules" in fixed:
             fixed["feature_modules"] = tuple(fixed["feature_modules"])
+        if "output_keys" in fixed:
+            keys = fixed["output_keys"]
+            fixed["output_keys"] = (keys,) if isinstance(keys, str) else tuple(keys)
         return cls(**fixed)

@@ -4,7 +4,8 @@ Every model gets output MSE and SQNR over all its floating-point outputs (`model
 dict and ModelOutput results count every tensor). When the first float output is (N, classes) logits we also
 report top-1 agreement with the reference and mean KL(reference ‖ candidate) of the softmax distributions,
 and with labels the top-1 accuracy of both: agreement says "does compression change the answers", accuracy
-says "does it matter".
+says "does it matter". With an ``attention_mask`` among dict inputs, token outputs (B, S, …) are compared on
+the real tokens only (`token_mask.py`): padding is not what the model is for.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from compression_core.model_io import Inputs, batches, call_model, float_outputs, num_samples, to_device
+from compression_core.token_mask import position_weights, token_mask
 
 
 class EvaluationError(ValueError):
@@ -28,7 +30,7 @@ class _Totals:
     def __init__(self) -> None:
         self.err = self.ref = 0.0
         self.numel = 0
-        self.per_output: list[list[float]] = []  # [err, ref, numel] per float output
+        self.per_output: list[list[float]] = []  # [err, ref, numel, cosine sum, rows] per float output
         self.agree = self.kl = 0.0
         self.correct_ref = self.correct_cand = 0
         self.rows = 0
@@ -46,8 +48,10 @@ def compare_models(
     """Compare outputs of ``candidate`` with ``reference`` on ``inputs`` (see the module docstring).
 
     Returns a dict with ``samples``, ``mse``, ``sqnr_db`` (``inf`` when the outputs are identical),
-    ``outputs`` (per float output: ``mse``, ``sqnr_db``, ``numel``), and when the first float output is 2-D
-    logits ``top1_agreement`` and ``kl_divergence`` (nats, mean over samples); with ``labels`` also
+    ``outputs`` (per float output: ``mse``, ``relative_mse`` (error / reference energy), ``sqnr_db``, mean
+    ``cosine`` of the candidate's and reference's rows (per real token, or per sample), ``numel`` compared),
+    and when the first float output is 2-D logits ``top1_agreement`` and ``kl_divergence`` (nats, mean over
+    samples); with ``labels`` also
     ``reference_accuracy`` and ``candidate_accuracy``. Models run in eval mode under ``no_grad`` on ``device``
     and are put back in their previous mode and device afterwards.
     """
@@ -64,7 +68,7 @@ def compare_models(
             ref_out = float_outputs(call_model(reference, batch))
             cand_out = float_outputs(call_model(candidate, batch))
             _check_structure(ref_out, cand_out)
-            _accumulate_errors(totals, ref_out, cand_out)
+            _accumulate_errors(totals, ref_out, cand_out, token_mask(batch))
             is_logits = ref_out[0].dim() == 2 and ref_out[0].shape[1] >= 2
             logits_seen = is_logits if logits_seen is None else logits_seen and is_logits
             if is_logits:
@@ -96,18 +100,30 @@ def _check_structure(ref: list[torch.Tensor], cand: list[torch.Tensor]) -> None:
         )
 
 
-def _accumulate_errors(totals: _Totals, ref_out: list[torch.Tensor], cand_out: list[torch.Tensor]) -> None:
+def _accumulate_errors(
+    totals: _Totals, ref_out: list[torch.Tensor], cand_out: list[torch.Tensor], mask: torch.Tensor | None
+) -> None:
     if not totals.per_output:
-        totals.per_output = [[0.0, 0.0, 0] for _ in ref_out]
+        totals.per_output = [[0.0, 0.0, 0, 0.0, 0] for _ in ref_out]
     for slot, r, c in zip(totals.per_output, ref_out, cand_out, strict=True):
-        r64, c64 = r.double(), c.double()
+        r64, c64 = _rows(r.double(), mask), _rows(c.double(), mask)
         err, ref = float((r64 - c64).square().sum()), float(r64.square().sum())
         slot[0] += err
         slot[1] += ref
-        slot[2] += r.numel()
+        slot[2] += r64.numel()
+        slot[3] += float(torch.nn.functional.cosine_similarity(r64, c64, dim=1, eps=1e-30).sum())
+        slot[4] += r64.shape[0]
         totals.err += err
         totals.ref += ref
-        totals.numel += r.numel()
+        totals.numel += r64.numel()
+
+
+def _rows(output: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """What is compared, as rows: the real tokens' vectors of a token output, else one row per sample."""
+    real = position_weights(output, mask)
+    if real is None:
+        return output.reshape(output.shape[0], -1) if output.dim() else output.reshape(1, 1)
+    return output[real.reshape(real.shape[:2]) != 0].reshape(-1, output[0, 0].numel())
 
 
 def _accumulate_logits(
@@ -137,7 +153,14 @@ def _summary(totals: _Totals, n: int, logits: bool, has_labels: bool) -> dict:
         "mse": totals.err / max(totals.numel, 1),
         "sqnr_db": _sqnr_db(totals.ref, totals.err),
         "outputs": [
-            {"mse": e / max(k, 1), "sqnr_db": _sqnr_db(r, e), "numel": k} for e, r, k in totals.per_output
+            {
+                "mse": e / max(k, 1),
+                "relative_mse": e / r if r else (0.0 if e == 0 else math.inf),
+                "sqnr_db": _sqnr_db(r, e),
+                "cosine": cos / max(rows, 1),
+                "numel": k,
+            }
+            for e, r, k, cos, rows in totals.per_output
         ],
     }
     if logits and totals.rows:

@@ -16,6 +16,10 @@ class InputsError(ValueError):
     """Calibration inputs are malformed (no samples, mismatched leading dimensions, wrong types)."""
 
 
+class OutputsError(ValueError):
+    """Named outputs were asked for that the model does not return."""
+
+
 def _tensors(inputs: Inputs) -> list[torch.Tensor]:
     if isinstance(inputs, torch.Tensor):
         return [inputs]
@@ -75,8 +79,11 @@ def call_model(model: torch.nn.Module, batch: Inputs):
     return model(*batch)
 
 
-def float_outputs(output) -> list[torch.Tensor]:
-    """Every floating-point tensor in a model output, in a deterministic order."""
+def float_outputs(output, keys: tuple[str, ...] = ()) -> list[torch.Tensor]:
+    """Every floating-point tensor in a model output, in a deterministic order; with ``keys`` only those
+    top-level entries of a dict / ModelOutput / dataclass output, in that order."""
+    if keys:
+        output = [_entry(output, key) for key in keys]
     found: list[torch.Tensor] = []
 
     def walk(obj) -> None:
@@ -95,3 +102,20 @@ def float_outputs(output) -> list[torch.Tensor]:
 
     walk(output)
     return found
+
+
+def _entry(output, key: str):
+    if isinstance(output, Mapping):
+        available = list(output)
+        if key in output:
+            return output[key]
+    elif dataclasses.is_dataclass(output) and not isinstance(output, type):
+        available = [f.name for f in dataclasses.fields(output) if getattr(output, f.name) is not None]
+        if key in available:
+            return getattr(output, key)
+    else:
+        raise OutputsError(
+            f"output_keys={key!r} needs a model returning named outputs (a dict or ModelOutput); this one "
+            f"returns {type(output).__name__}: leave output_keys empty"
+        )
+    raise OutputsError(f"the model returns no output named {key!r}; it returns {available}")

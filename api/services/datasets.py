@@ -47,6 +47,17 @@ def _spec_dict(spec: CalibrationSpecIn) -> dict:
     return spec.model_dump(mode="json", exclude_unset=True)
 
 
+def _with_tokenizer_checked(spec: CalibrationSpecIn, roots: list[Path]) -> CalibrationSpecIn:
+    """A text dataset's tokenizer folder is a server path the worker reads: it obeys the same allowed data
+    roots as registered data, and is stored resolved."""
+    if spec.tokenizer is None:
+        return spec
+    folder = resolve_allowed_path(spec.tokenizer, roots)
+    if not folder.is_dir():
+        raise Unprocessable(f"tokenizer {spec.tokenizer!r} is not a folder; give the folder the tokenizer was saved to")
+    return spec.model_copy(update={"tokenizer": str(folder)})
+
+
 async def upload(
     ctx: AppContext,
     caller: Caller,
@@ -56,6 +67,7 @@ async def upload(
     filename: str,
     spec: CalibrationSpecIn,
 ) -> Dataset:
+    spec = _with_tokenizer_checked(spec, ctx.settings.allowed_data_roots)
     return await store_upload(
         ctx,
         caller,
@@ -126,7 +138,7 @@ def register(session: Session, caller: Caller, body: DatasetCreate, roots: list[
         filename=resolved.name,
         size_bytes=resolved.stat().st_size if resolved.is_file() else None,
         sha256=None,
-        spec=_spec_dict(body.spec),
+        spec=_spec_dict(_with_tokenizer_checked(body.spec, roots)),
     )
     session.add(row)
     session.commit()

@@ -59,19 +59,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--calibration",
         type=Path,
         required=True,
-        help="image folder/archive (.tar, .tar.gz, .zip) or tensor file (.pt, .npy, .npz, .safetensors)",
+        help="image folder/archive (.tar, .tar.gz, .zip), tensor file (.pt, .npy, .npz, .safetensors) or, "
+        "with --tokenizer, a UTF-8 text file with one sample per line",
     )
     p.add_argument(
         "--calibration-spec",
         default="{}",
-        help="JSON calibration options (kind, resize, crop, mean, std, "
-        "channels, max_samples); flags below override it",
+        help="JSON calibration options (kind, resize, crop, mean, std, channels, max_samples, tokenizer, "
+        "max_length, padding); flags below override it",
     )
     p.add_argument("--image-size", type=int, help="resize + center-crop images to this size")
     p.add_argument("--mean", type=float, nargs="+", help="per-channel normalisation mean for images")
     p.add_argument("--std", type=float, nargs="+", help="per-channel normalisation std for images")
     p.add_argument("--channels", type=int, choices=(1, 3), help="image channels the model expects")
     p.add_argument("--max-samples", type=int, help="use at most this many calibration samples")
+    p.add_argument(
+        "--tokenizer",
+        type=Path,
+        help="the model's tokenizer folder (tokenizer.save_pretrained(DIR)): --calibration is then a text file, "
+        "one sample per non-empty line, tokenised and padded here into input_ids/attention_mask",
+    )
+    p.add_argument(
+        "--max-length", type=int, help="text: truncate lines to this many tokens (default 128); padding goes to "
+        "the longest line, or to max-length with --calibration-spec '{\"padding\": \"max_length\"}'"
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--per-channel", action="store_true", help="learn transform parameters per output channel")
     p.add_argument("--options", default="{}", help="JSON of further CompressionConfig fields")
@@ -98,9 +109,11 @@ def _calibration_spec(args: argparse.Namespace):
     if args.image_size:
         values.setdefault("resize", args.image_size)
         values.setdefault("crop", args.image_size)
-    for key in ("mean", "std", "channels", "max_samples"):
+    for key in ("mean", "std", "channels", "max_samples", "max_length"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
+    if args.tokenizer is not None:
+        values["tokenizer"] = str(args.tokenizer)
     return CalibrationSpec(**values)
 
 
@@ -148,6 +161,23 @@ def format_layer_table(layers) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Input the user can fix (files, settings, target) fails with one line on stderr and exit status 2."""
+    from compression_core.config import ConfigError
+    from compression_core.loading import LoadingError
+    from compression_core.model_io import InputsError, OutputsError
+    from compression_core.recon.budget import UnreachableTargetError
+
+    try:
+        return _compress(args)
+    except (LoadingError, ConfigError, InputsError, OutputsError, UnreachableTargetError) as exc:
+        print(f"l2 compress: {exc}", file=sys.stderr)
+        return 2
+    except json.JSONDecodeError as exc:
+        print(f"l2 compress: a JSON option is not valid JSON ({exc})", file=sys.stderr)
+        return 2
+
+
+def _compress(args: argparse.Namespace) -> int:
     from compression_core.compressor import compress
     from compression_core.loading import load_calibration, load_model
 

@@ -1,5 +1,6 @@
 """Calibration data from what users have: an image folder (class sub-folders give labels), a .zip / .tar /
-.tar.gz of one (extracted safely into a temporary folder), or a tensor file of ready inputs. The result's
+.tar.gz of one (extracted safely into a temporary folder), a tensor file of ready inputs, or a text file with
+one sample per line and the model's tokenizer folder. The result's
 ``inputs`` is a `model_io.Inputs` value the compressor and the evaluation can call any model with."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from compression_core.loading.errors import CalibrationError
 from compression_core.loading.images import load_image_folder
 from compression_core.loading.spec import CalibrationSpec
 from compression_core.loading.tensor_files import TENSOR_KINDS, load_tensor_file
+from compression_core.loading.text import load_text
 from compression_core.model_io import Inputs, num_samples
 
 _IMAGE_KINDS = (formats.DIRECTORY, formats.ZIP, formats.TAR)
@@ -43,6 +45,14 @@ def load_calibration(path: str | Path, spec: CalibrationSpec | None = None) -> C
     if not path.exists():
         raise CalibrationError(f"calibration source {str(path)!r} does not exist")
     kind = formats.sniff(path)
+    if spec.kind == "text" or (spec.kind is None and spec.tokenizer is not None):
+        if kind != formats.UNKNOWN:
+            raise CalibrationError(
+                f"{path.name} is {kind} content, not a plain text file; a tokenizer (or kind='text') "
+                "asks for one sample per line of UTF-8 text"
+            )
+        inputs, notes = load_text(path, spec)
+        return CalibrationData(inputs, None, 0, num_samples(inputs), notes, None, "text")
     if kind in _IMAGE_KINDS:
         _expect(spec, "images", path, kind)
         return _from_images(path, kind, spec)
@@ -53,8 +63,9 @@ def load_calibration(path: str | Path, spec: CalibrationSpec | None = None) -> C
     raise CalibrationError(
         f"{path.name} is not calibration data this service reads (looks like: {kind}). "
         "Upload an image folder "
-        "or a .zip/.tar/.tar.gz of images, or a tensor file: .pt (torch.save of a tensor, tuple or dict of "
-        "tensors), .npy, .npz or .safetensors"
+        "or a .zip/.tar/.tar.gz of images, a tensor file: .pt (torch.save of a tensor, tuple or dict of "
+        "tensors), .npy, .npz or .safetensors, or a text file with one sample per line together with the "
+        "model's tokenizer folder (tokenizer setting, --tokenizer DIR)"
     )
 
 

@@ -2,23 +2,32 @@
 
 Each floating-point output (and each captured intermediate feature) contributes its MSE divided by the mean
 square of the teacher's value, so the distance is scale-free and λ of the rate term means the same on any model.
+With an attention mask (dict inputs of a transformer), token outputs count only their real positions, in both
+the error and the teacher's mean square (`compression_core.token_mask`).
 """
 
 from __future__ import annotations
 
 import torch
 
+from compression_core.token_mask import masked_mean, position_weights
+
 _EPS = 1e-12
 
 
-def relative_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    return (student - teacher).pow(2).mean() / (teacher.pow(2).mean() + _EPS)
+def relative_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE / teacher mean square; over the real positions only when ``mask`` (batch, seq) applies to it."""
+    weights = position_weights(teacher, mask)
+    return masked_mean((student - teacher).pow(2), weights) / (masked_mean(teacher.pow(2), weights) + _EPS)
 
 
-def distillation_distance(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
-    """Mean relative MSE over matching output tensors (the lists come from `model_io.float_outputs`)."""
+def distillation_distance(
+    student: list[torch.Tensor], teacher: list[torch.Tensor], mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean relative MSE over matching output tensors (the lists come from `model_io.float_outputs`).
+    ``mask``: the batch's attention mask (`token_mask.token_mask(batch)`), or None to average every position."""
     if len(student) != len(teacher) or not teacher:
         raise ValueError(
             f"model gave {len(student)} float outputs, the original {len(teacher)}; need ≥ 1 and equal"
         )
-    return torch.stack([relative_mse(s, t.detach()) for s, t in zip(student, teacher, strict=True)]).mean()
+    return torch.stack([relative_mse(s, t.detach(), mask) for s, t in zip(student, teacher, strict=True)]).mean()

@@ -22,6 +22,7 @@ from compression_core.recon.budget import Budget
 from compression_core.recon.capture import FeatureCapture
 from compression_core.recon.losses import distillation_distance
 from compression_core.recon.state import QuantizedState
+from compression_core.token_mask import token_mask
 
 # Teacher outputs are cached for all optimization samples when they fit in this many elements.
 TEACHER_CACHE_ELEMENTS = 50_000_000
@@ -78,8 +79,10 @@ class Teacher:
         device: torch.device,
         batch_size: int,
         capture: FeatureCapture | None,
+        output_keys: tuple[str, ...] = (),
     ) -> None:
         self.model, self.inputs, self.device, self.capture = model, inputs, device, capture
+        self.output_keys = output_keys
         self.cache: list[torch.Tensor] | None = None
         if capture is None:
             probe = self._run(select(inputs, slice(0, 1)))
@@ -95,9 +98,9 @@ class Teacher:
     @torch.no_grad()
     def _run(self, batch: Inputs) -> list[torch.Tensor]:
         if self.capture is None:
-            return float_outputs(call_model(self.model, to_device(batch, self.device)))
+            return float_outputs(call_model(self.model, to_device(batch, self.device)), self.output_keys)
         with self.capture.active() as cap:
-            outs = float_outputs(call_model(self.model, to_device(batch, self.device)))
+            outs = float_outputs(call_model(self.model, to_device(batch, self.device)), self.output_keys)
         return outs + cap.features
 
     def outputs(self, index: torch.Tensor) -> list[torch.Tensor]:
@@ -107,13 +110,18 @@ class Teacher:
 
 
 def _student_outputs(
-    model, params: dict[str, torch.Tensor], batch: Inputs, device, capture: FeatureCapture | None
+    model,
+    params: dict[str, torch.Tensor],
+    batch: Inputs,
+    device,
+    capture: FeatureCapture | None,
+    output_keys: tuple[str, ...] = (),
 ) -> list[torch.Tensor]:
     batch = to_device(batch, device)
     if capture is None:
-        return float_outputs(functional_call(model, params, _as_args(batch), _as_kwargs(batch)))
+        return float_outputs(functional_call(model, params, _as_args(batch), _as_kwargs(batch)), output_keys)
     with capture.active() as cap:
-        outs = float_outputs(functional_call(model, params, _as_args(batch), _as_kwargs(batch)))
+        outs = float_outputs(functional_call(model, params, _as_args(batch), _as_kwargs(batch)), output_keys)
     return outs + cap.features
 
 
@@ -141,7 +149,7 @@ def run_schedule(
     """Optimize ``state`` in place. ``side_bytes()`` re-estimates the non-payload bytes of the file."""
     n = num_samples(inputs)
     capture = FeatureCapture(model, config.feature_modules) if config.feature_modules else None
-    teacher = Teacher(model, inputs, device, config.batch_size, capture)
+    teacher = Teacher(model, inputs, device, config.batch_size, capture, config.output_keys)
     gen = torch.Generator().manual_seed(config.seed)
     transform_opt = torch.optim.Adam(state.transform_parameters(), lr=config.transform_lr)
     weight_groups = state.weight_param_groups(config.weight_lr)
@@ -160,8 +168,9 @@ def run_schedule(
                 index = torch.randint(0, n, (min(config.batch_size, n),), generator=gen)
                 target = teacher.outputs(index)
                 quantized, rate = state.quantized_and_rate()
-                student = _student_outputs(model, quantized, select(inputs, index), device, capture)
-                distortion = distillation_distance(student, target)
+                batch = select(inputs, index)
+                student = _student_outputs(model, quantized, batch, device, capture, config.output_keys)
+                distortion = distillation_distance(student, target, token_mask(batch))
                 side = side_bytes()
                 bits_budget = budget.payload_bits(side)
                 hinge = torch.relu(rate - bits_budget) / max(bits_budget, 1.0)

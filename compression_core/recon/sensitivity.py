@@ -3,7 +3,8 @@
 Near the original weights the distance D grows like ½·δᵀ·G·δ with G the Gauss–Newton matrix of the outputs.
 Its diagonal is estimated without per-sample gradients: for random v ~ N(0, 1) over every output element,
 E[(∂(v·f)/∂w)²] = Σ (∂f/∂w)² (Hutchinson's trick), one backward pass per batch. Each output is weighted
-like in `losses.distillation_distance` (1 / (elements × mean square)), so the figures share its scale.
+like in `losses.distillation_distance` (1 / (elements × mean square)), so the figures share its scale; with an
+attention mask, padded positions of token outputs get no probe direction and do not count as elements.
 
 The mean diagonal entry per tensor, h_t, says what a quantization error of a given size costs in that tensor;
 `allocation.py` turns it into the initial steps (equal h_t·Δ_t², i.e. Δ_t ∝ 1/√h_t).
@@ -14,10 +15,12 @@ from __future__ import annotations
 import torch
 
 from compression_core.model_io import Inputs, call_model, float_outputs, num_samples, select, to_device
+from compression_core.token_mask import position_weights, token_mask
 
 
 def weight_sensitivity(model: torch.nn.Module, names: list[str], inputs: Inputs, batch_size: int,
-                       device: torch.device, seed: int, batches: int = 4) -> dict[str, float]:
+                       device: torch.device, seed: int, batches: int = 4,
+                       output_keys: tuple[str, ...] = ()) -> dict[str, float]:
     """Mean Gauss–Newton diagonal of the distillation distance per named parameter (0.0 where the outputs
     do not depend on it). ``model`` is left as it was."""
     params = dict(model.named_parameters())
@@ -31,11 +34,20 @@ def weight_sensitivity(model: torch.nn.Module, names: list[str], inputs: Inputs,
             p.requires_grad_(True)
         for _ in range(batches):
             index = torch.randint(0, n, (min(batch_size, n),), generator=gen)
-            outputs = float_outputs(call_model(model, to_device(select(inputs, index), device)))
+            batch = select(inputs, index)
+            outputs = float_outputs(call_model(model, to_device(batch, device)), output_keys)
+            mask = token_mask(batch)
             probe = 0.0
             for out in outputs:
-                weight = 1.0 / (out.numel() * float(out.detach().pow(2).mean()) + 1e-12) / len(outputs)
+                real = position_weights(out, mask)
+                if real is None:
+                    energy = out.numel() * float(out.detach().pow(2).mean())
+                else:  # elements · mean square over the real positions only
+                    energy = float((out.detach().pow(2) * real).sum())
+                weight = 1.0 / (energy + 1e-12) / len(outputs)
                 v = torch.randn(out.shape, generator=gen).to(out.device)
+                if real is not None:
+                    v = v * real
                 probe = probe + (v * out).sum() * weight**0.5
             grads = torch.autograd.grad(probe, wanted, allow_unused=True)
             for name, g in zip(names, grads, strict=True):
