@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv serve test test-fast bench services lint clean
+.PHONY: venv serve test test-fast bench services browser lint clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -22,7 +22,10 @@ serve: $(STAMP)
 services:
 	bash scripts/ensure_services.sh
 
-test: $(STAMP) services
+browser:  # Debian's chromium for the web UI's browser tests (tests/ui)
+	bash scripts/ensure_browser.sh
+
+test: $(STAMP) services browser
 	$(PY) -m pytest -q -rs -p no:cacheprovider
 
 test-fast: $(STAMP)

@@ -98,4 +98,8 @@ def create_app(
     for router in (webhooks.router, webhooks.mlflow_router):  # issue 11: webhooks and the MLflow default
         app.include_router(router, dependencies=[Depends(enforce_rate_limit)])
     app.include_router(health.router)
+    if settings.ui_enabled:  # the web page under /ui (api.ui); "/" redirects there
+        from api import ui
+
+        ui.mount(app)
     return app

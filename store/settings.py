@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     )
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
+    # -- web UI (api/ui) --
+    ui_enabled: bool = Field(True, description="serve the web page under /ui (and redirect / there)")
+    ui_secret: str = Field(
+        "", description="key that signs web UI session cookies; empty: a random key kept in <data_dir>/ui_secret"
+    )
+    ui_session_hours: float = Field(8.0, gt=0, le=24 * 30, description="how long a web UI login lasts")
 
     @field_validator("data_dir")
     @classmethod

@@ -1,0 +1,200 @@
+"""Screenshots of the web UI's four pages after real digits-CNN jobs: ``docs/ui/{jobs,new_job,job,compare}.png``.
+
+Starts the embedded stack as ``make serve`` does (SQLite database and broker, the API as a uvicorn process and one
+Celery worker, authentication off on 127.0.0.1, so the pages carry the banner that says so), trains the digits
+CNN, uploads it with its calibration and labelled held-out data, and submits a few jobs at different target
+ratios (one with a longer schedule whose page a headless chromium watches, so its loss curves are drawn). Then
+it photographs the pages at 1280 px wide.
+
+    .venv/bin/python scripts/ui_screenshots.py             # about 3-6 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "ui"
+WATCHED_OPTIONS = {"rounds": 1, "transform_iters": 60, "weight_iters": 60}
+QUICK_OPTIONS = {"rounds": 0}
+RATIOS = (6, 14, 20)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(env: dict, logs: Path) -> list[subprocess.Popen]:
+    from worker.cli import worker_command
+
+    port = env["L2_API_PORT"]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "api.app:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                port,
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=open(logs / "api.log", "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        ),
+        subprocess.Popen(
+            worker_command(["cpu", "gpu"], hostname="screenshots@%h"),
+            env=env,
+            cwd=ROOT,
+            stdout=open(logs / "worker.log", "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        ),
+    ]
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return procs
+        except httpx.TransportError:
+            time.sleep(0.3)
+    raise TimeoutError((logs / "api.log").read_text()[-2000:])
+
+
+def prepare_files(folder: Path) -> dict[str, Path]:
+    import torch
+
+    from compression_core import zoo
+
+    model, split = zoo.train_digits_cnn(seed=0)
+    files = {"checkpoint": folder / "digits_cnn.pt", "calib": folder / "calib.pt", "heldout": folder / "heldout.pt"}
+    torch.save(model.state_dict(), files["checkpoint"])
+    torch.save(split.train_x[:512].clone(), files["calib"])
+    torch.save({"images": split.test_x.clone(), "labels": split.test_y.clone()}, files["heldout"])
+    return files
+
+
+def upload(client: httpx.Client, files: dict[str, Path]) -> dict[str, str]:
+    def post(path, params, file):
+        response = client.post(path, params=params, content=file.read_bytes())
+        response.raise_for_status()
+        return response.json()["id"]
+
+    return {
+        "checkpoint_id": post("/v1/checkpoints", {"filename": "digits_cnn.pt"}, files["checkpoint"]),
+        "dataset_id": post(
+            "/v1/datasets/upload",
+            {"filename": "calib.pt", "name": "digits calibration (512)", "spec": json.dumps({"kind": "tensors"})},
+            files["calib"],
+        ),
+        "eval_dataset_id": post(
+            "/v1/datasets/upload",
+            {
+                "filename": "heldout.pt",
+                "name": "digits held-out (labelled)",
+                "spec": json.dumps({"kind": "tensors", "labels_key": "labels"}),
+            },
+            files["heldout"],
+        ),
+    }
+
+
+def submit(client: httpx.Client, ids: dict, ratio: float, options: dict) -> str:
+    body = {**ids, "architecture": "digits_cnn", "target_ratio": ratio, "device": "cpu", "options": options}
+    response = client.post("/v1/jobs", json=body)
+    response.raise_for_status()
+    return response.json()["id"]
+
+
+def wait_all(client: httpx.Client, job_ids: list[str], timeout_s: float = 1200) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        states = [client.get(f"/v1/jobs/{j}").json()["state"] for j in job_ids]
+        if all(s in ("succeeded", "failed", "canceled") for s in states):
+            return
+        time.sleep(2)
+    raise TimeoutError(f"jobs still unfinished: {states}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    from playwright.sync_api import sync_playwright
+
+    folder = Path(tempfile.mkdtemp(prefix="l2-ui-shots-"))
+    (folder / "data").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("L2_")}
+    env.update(
+        {
+            "L2_DATA_DIR": str(folder / "data"),
+            "L2_AUTH_ENABLED": "false",
+            "L2_API_PORT": str(free_port()),
+            "L2_PROGRESS_MIN_INTERVAL_S": "0.3",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    subprocess.run(
+        [sys.executable, "-c", "import sys; from compression_core.cli import main; sys.exit(main())", "migrate"],
+        env=env,
+        cwd=ROOT,
+        check=True,
+    )
+    files = prepare_files(folder)
+    procs = start(env, folder)
+    base = f"http://127.0.0.1:{env['L2_API_PORT']}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        with httpx.Client(base_url=base, timeout=120) as client, sync_playwright() as playwright:
+            ids = upload(client, files)
+            quick = [submit(client, ids, ratio, QUICK_OPTIONS) for ratio in RATIOS]
+            watched = submit(client, ids, 10, WATCHED_OPTIONS)
+            browser = playwright.chromium.launch(
+                executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox", "--disable-dev-shm-usage"]
+            )
+            page = browser.new_page(viewport={"width": 1280, "height": 900}, base_url=base)
+            page.goto(f"/ui/jobs/{watched}")  # this tab sees the losses as they come
+            wait_all(client, [*quick, watched])
+            page.wait_for_selector("#results", timeout=60_000)  # the page reloads itself when the job ends
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(args.out / "job.png"), full_page=True)
+            page.goto("/ui")
+            page.screenshot(path=str(args.out / "jobs.png"), full_page=True)
+            page.goto(f"/ui/new?checkpoint={ids['checkpoint_id']}")
+            page.fill("#architecture", "digits_cnn")
+            page.screenshot(path=str(args.out / "new_job.png"), full_page=True)
+            page.goto("/ui/compare")
+            page.wait_for_selector("#chart-compare .scatterlayer .point")
+            page.screenshot(path=str(args.out / "compare.png"), full_page=True)
+            browser.close()
+    finally:
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            proc.wait(timeout=60)
+    print(f"wrote {', '.join(sorted(p.name for p in args.out.glob('*.png')))} to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
