@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import logging
+from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -26,6 +28,16 @@ from store.queues import celery_enqueuer
 from store.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+
+# Synchronous routes one API process runs at once (anyio's default, 40, only made the two cores switch between
+# threads); matches the database pool (`store.db.POOL_SIZE`), so no request opens a connection of its own.
+REQUEST_THREADS = 16
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI):
+    anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
+    yield
 
 
 def _location(loc) -> str:
@@ -71,6 +83,7 @@ def create_app(
         description="Upload a PyTorch checkpoint and calibration data, submit a compression job with a "
         "target ratio, follow its progress, and download the .l2 artifact. Authenticate with an API key "
         "('l2 keys create --tenant NAME') as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.",
+        lifespan=_lifespan,
     )
     app.state.ctx = ctx
 
