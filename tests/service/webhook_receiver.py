@@ -50,7 +50,9 @@ class Receiver:
                 item = Received({k.lower(): v for k, v in self.headers.items()}, self.rfile.read(length), time.time())
                 with receiver.lock:
                     receiver.received.append(item)
-                    n = sum(1 for r in receiver.received if r.headers.get("webhook-id") == item.headers.get("webhook-id"))
+                    n = sum(
+                        1 for r in receiver.received if r.headers.get("webhook-id") == item.headers.get("webhook-id")
+                    )
                 receiver.gate.wait(120)
                 status = receiver.answer(item, n)
                 body = b'{"ok": true}' if status < 300 else b"receiver says no"
@@ -83,7 +85,9 @@ class Receiver:
         with self.lock:
             return [r for r in self.received if r.id == webhook_id]
 
-    def wait_for(self, predicate: Callable[[], bool], timeout_s: float, what: str, step: Callable[[], object] | None = None):
+    def wait_for(
+        self, predicate: Callable[[], bool], timeout_s: float, what: str, step: Callable[[], object] | None = None
+    ):
         deadline = time.monotonic() + timeout_s
         while not predicate():
             if time.monotonic() > deadline:

@@ -45,8 +45,8 @@ from store.models import (
     utcnow,
 )
 from store.url_guard import UnsafeURL, check_url, parse_allow_list
-from worker.events.sender import AttemptResult, post
 from store.webhook_signing import sign_headers
+from worker.events.sender import AttemptResult, post
 
 log = logging.getLogger(__name__)
 

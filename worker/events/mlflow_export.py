@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 import tempfile
 import threading
 from datetime import timedelta
@@ -146,8 +147,12 @@ class MlflowExporter:
             checkpoint = session.get(Checkpoint, job.checkpoint_id) if job.checkpoint_id else None
             session.expunge_all()
         config = dict(export.config or {})
+        # This loop retries on its own schedule; the client's own retries (minutes by default) would only keep
+        # the thread from the next export.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
         try:
-            from mlflow.tracking import MlflowClient
+            from mlflow.tracking import MlflowClient  # optional extra: imported only when there is work
         except ImportError as exc:
             raise MlflowUnavailable(
                 "the worker has no mlflow package; install the extra: pip install 'l2-compression[mlflow]'"

@@ -226,7 +226,9 @@ def test_after_the_retry_window_the_endpoint_is_failing_and_redelivery_recovers_
 def _delivery(session_factory, endpoint_id: str) -> WebhookDelivery:
     """The endpoint's one delivery (an empty one until the event has been fanned out)."""
     with session_factory() as s:
-        found = s.execute(select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id)).scalar_one_or_none()
+        found = s.execute(
+            select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id)
+        ).scalar_one_or_none()
     return found or WebhookDelivery(status=None, attempts=0)
 
 
@@ -255,9 +257,10 @@ def test_a_per_job_webhook_url_gets_only_that_jobs_events(hook_client, tenant_a,
         dispatcher.step(wait_s=0.05)
     dispatcher.drain_in_flight()
     assert [r.type for r in receiver.received] == ["job.queued"]
-    assert verify_webhook(receiver.received[0].headers, receiver.received[0].body, job["webhook_secret"])[
-        "data"
-    ]["id"] == job["id"]
+    assert (
+        verify_webhook(receiver.received[0].headers, receiver.received[0].body, job["webhook_secret"])["data"]["id"]
+        == job["id"]
+    )
 
 
 def test_a_redirect_is_not_followed(hook_client, tenant_a, receiver, dispatcher, session_factory):
