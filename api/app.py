@@ -9,9 +9,7 @@
 from __future__ import annotations
 
 import logging
-from contextlib import asynccontextmanager
 
-import anyio
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -83,7 +81,6 @@ def create_app(
         description="Upload a PyTorch checkpoint and calibration data, submit a compression job with a "
         "target ratio, follow its progress, and download the .l2 artifact. Authenticate with an API key "
         "('l2 keys create --tenant NAME') as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.",
-        lifespan=_lifespan,
     )
     app.state.ctx = ctx
 

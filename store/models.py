@@ -220,6 +220,43 @@ class LayerResult(Base):
     original_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 
+class WorkerHeartbeat(Base):
+    """A Celery worker's main process as it last reported itself (every `Settings.worker_heartbeat_s`, see
+    `worker.liveness`): what /readyz counts to tell whether any worker is alive to run queued jobs. A worker
+    that stops cleanly deletes its row; a killed one's row goes stale."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True, doc="host:pid of the main process")
+    name: Mapped[str] = mapped_column(String(255), doc="Celery node name")
+    queues: Mapped[str] = mapped_column(String(64), doc="comma-separated queues it consumes")
+    started_at: Mapped[datetime] = _created()
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class ResumableUpload(Base):
+    """A tus 1.0 upload in progress (or just finished): ``offset`` bytes of ``length`` have been received into
+    a part file under ``<data_dir>/tmp``; on the last byte the file becomes the checkpoint or dataset
+    ``resource_id`` (the same id as the upload). Unfinished uploads count against the tenant's stored-bytes
+    quota with their full declared length and are deleted when untouched past ``expires_at``."""
+
+    __tablename__ = "resumable_uploads"
+    __table_args__ = (Index("ix_resumable_uploads_expires_at", "expires_at"),)
+
+    id: Mapped[str] = _id()
+    tenant_id: Mapped[str] = _tenant()
+    kind: Mapped[str] = mapped_column(String(16), doc="checkpoint | dataset")
+    filename: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str | None] = mapped_column(String(200), doc="dataset name")
+    spec: Mapped[dict[str, Any] | None] = mapped_column(JSON, doc="dataset calibration spec")
+    length: Mapped[int] = mapped_column(BigInteger)
+    offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    resource_id: Mapped[str | None] = mapped_column(String(36), doc="the checkpoint or dataset, once complete")
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    expires_at: Mapped[datetime]
+
+
 # -- events out of the service (issue 11): webhooks from a transactional outbox, MLflow exports ----------------
 # An auto-incrementing 64-bit key on PostgreSQL; SQLite only auto-increments a column declared INTEGER.
 _SEQ = BigInteger().with_variant(Integer(), "sqlite")
@@ -329,26 +366,3 @@ class MlflowExport(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
-
-
-class ResumableUpload(Base):
-    """A tus 1.0 upload in progress (or just finished): ``offset`` bytes of ``length`` have been received into
-    a part file under ``<data_dir>/tmp``; on the last byte the file becomes the checkpoint or dataset
-    ``resource_id`` (the same id as the upload). Unfinished uploads count against the tenant's stored-bytes
-    quota with their full declared length and are deleted when untouched past ``expires_at``."""
-
-    __tablename__ = "resumable_uploads"
-    __table_args__ = (Index("ix_resumable_uploads_expires_at", "expires_at"),)
-
-    id: Mapped[str] = _id()
-    tenant_id: Mapped[str] = _tenant()
-    kind: Mapped[str] = mapped_column(String(16), doc="checkpoint | dataset")
-    filename: Mapped[str] = mapped_column(String(255))
-    name: Mapped[str | None] = mapped_column(String(200), doc="dataset name")
-    spec: Mapped[dict[str, Any] | None] = mapped_column(JSON, doc="dataset calibration spec")
-    length: Mapped[int] = mapped_column(BigInteger)
-    offset: Mapped[int] = mapped_column(BigInteger, default=0)
-    resource_id: Mapped[str | None] = mapped_column(String(36), doc="the checkpoint or dataset, once complete")
-    created_at: Mapped[datetime] = _created()
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
-    expires_at: Mapped[datetime]

@@ -21,11 +21,16 @@ Why these settings:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import base64
+import json
+from collections.abc import Callable, Iterable
 from threading import Lock
 
+import redis
 from celery import Celery
 from kombu import Exchange, Queue
+from sqlalchemy import bindparam, create_engine, text
+from sqlalchemy.exc import OperationalError
 
 TASK_NAME = "l2.run_job"
 QUEUES = ("cpu", "gpu")
@@ -100,3 +105,51 @@ def celery_enqueuer(broker_url: str) -> Enqueue:
         send_job(state["app"], job_id, queue)
 
     return enqueue
+
+
+# -- what the broker holds --
+def job_id_of(payload: str | bytes) -> str | None:
+    """The job id of one waiting broker message (kombu's JSON envelope of an ``l2.run_job`` task), or None
+    for anything else."""
+    try:
+        message = json.loads(payload)
+        if message.get("headers", {}).get("task") != TASK_NAME:
+            return None
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    return str(args[0]) if args else None
+
+
+def waiting_job_ids(broker_url: str, queues: Iterable[str]) -> set[str] | None:
+    """Ids of the jobs whose message waits in ``queues`` (not yet delivered to a worker); None when the broker
+    cannot be read this way (an unknown transport). What the workers' sweep compares queued jobs against to
+    find those whose message was lost (`worker.recovery`)."""
+    if is_redis(broker_url):
+        client = redis.Redis.from_url(broker_url, socket_connect_timeout=5, socket_timeout=5)
+        try:
+            payloads = [p for q in queues for p in client.lrange(q, 0, -1)]
+        finally:
+            client.close()
+    elif broker_url.startswith("sqla+"):
+        # kombu's SQL transport: one row per message, ``visible`` until a worker fetches it.
+        query = text(
+            "SELECT m.payload FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id "
+            "WHERE m.visible AND q.name IN :queues"
+        ).bindparams(bindparam("queues", expanding=True))
+        engine = create_engine(broker_url.removeprefix("sqla+"))
+        try:
+            with engine.connect() as conn:
+                payloads = conn.execute(query, {"queues": list(queues)}).scalars().all()
+        except OperationalError as exc:
+            if "no such table" in str(exc):  # no message was ever published yet
+                return set()
+            raise
+        finally:
+            engine.dispose()
+    else:
+        return None
+    return {job for job in map(job_id_of, payloads) if job is not None}

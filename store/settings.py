@@ -42,6 +42,23 @@ class Settings(BaseSettings):
     default_tenant: str = Field("local", description="tenant that owns everything when auth is off")
     gpu_workers: bool = Field(False, description="jobs with device 'auto' go to the gpu queue when true")
     progress_min_interval_s: float = Field(1.0, ge=0, description="least seconds between progress row writes")
+    # -- per-tenant limits and resumable uploads (0 turns a limit off) --
+    rate_limit_per_window: int = Field(
+        1200, ge=0, description="requests a tenant may make per rate-limit window (429 + Retry-After beyond)"
+    )
+    rate_limit_window_s: float = Field(60.0, gt=0, description="length of the rate-limit window in seconds")
+    max_concurrent_jobs: int = Field(
+        50, ge=0, description="queued + running jobs a tenant may have at once (429 beyond)"
+    )
+    max_stored_bytes: int = Field(
+        500 * GiB,
+        ge=0,
+        description="bytes a tenant may store: checkpoints, uploaded datasets, artifacts and unfinished "
+        "resumable uploads (413 beyond)",
+    )
+    upload_expiry_s: float = Field(
+        24 * 3600.0, gt=0, description="an unfinished resumable upload untouched this long is deleted"
+    )
     # -- events out of the service: webhooks and MLflow (issue 11) --
     webhook_allow: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -63,22 +80,27 @@ class Settings(BaseSettings):
     )
     webhook_poll_interval_s: float = Field(0.2, gt=0, description="how often the dispatcher looks for work")
     webhook_concurrency: int = Field(16, ge=1, le=256, description="deliveries one dispatcher sends at once")
-    # -- per-tenant limits and resumable uploads (0 turns a limit off) --
-    rate_limit_per_window: int = Field(
-        1200, ge=0, description="requests a tenant may make per rate-limit window (429 + Retry-After beyond)"
+    # -- worker liveness and recovery (issue 12) --
+    worker_heartbeat_s: float = Field(
+        5.0, gt=0, description="seconds between a worker's liveness reports; /readyz counts a worker alive for 3"
     )
-    rate_limit_window_s: float = Field(60.0, gt=0, description="length of the rate-limit window in seconds")
-    max_concurrent_jobs: int = Field(
-        50, ge=0, description="queued + running jobs a tenant may have at once (429 beyond)"
+    sweep_interval_s: float = Field(
+        30.0, gt=0, description="how often each worker looks for abandoned jobs and lost broker messages"
     )
-    max_stored_bytes: int = Field(
-        500 * GiB,
-        ge=0,
-        description="bytes a tenant may store: checkpoints, uploaded datasets, artifacts and unfinished "
-        "resumable uploads (413 beyond)",
+    lost_message_after_s: float = Field(
+        300.0, gt=0, description="a job queued this long with no message for it in the broker is published again"
     )
-    upload_expiry_s: float = Field(
-        24 * 3600.0, gt=0, description="an unfinished resumable upload untouched this long is deleted"
+    supervisor_pid: int = Field(
+        0, ge=0, description="set by 'l2 serve' / 'l2 worker' for the Celery worker they run: it stops when that "
+        "process is gone (0: not supervised)"
+    )
+    worker_nice: int = Field(
+        0, ge=0, le=19, description="niceness added to the process computing a job, so that an API on the same "
+        "machine answers first; 'l2 serve' uses 10 for its worker"
+    )
+    worker_torch_threads: int = Field(
+        0, ge=0, description="torch threads of the process computing a job; 0: torch's default (every core), "
+        "except under 'l2 serve', which leaves one core to the API"
     )
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)

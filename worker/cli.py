@@ -152,6 +152,17 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def _embedded_worker_env(settings) -> dict[str, str]:
+    """The worker of ``l2 serve`` shares the machine with the API: unless configured otherwise, it computes at
+    niceness 10 with one torch thread less than there are cores, so status requests stay fast."""
+    env = dict(os.environ)
+    if "worker_nice" not in settings.model_fields_set:
+        env["L2_WORKER_NICE"] = "10"
+    if "worker_torch_threads" not in settings.model_fields_set and (os.cpu_count() or 1) > 1:
+        env["L2_WORKER_TORCH_THREADS"] = str((os.cpu_count() or 2) - 1)
+    return env
+
+
 # -- serve ----
 def _is_loopback(host: str) -> bool:
     if host in LOOPBACK_NAMES:
@@ -229,7 +240,8 @@ def run_serve(args: argparse.Namespace) -> int:
     demo_result: dict = {}
     try:
         if not args.no_worker:  # restarted whenever it dies (worker.supervisor)
-            supervisor = WorkerSupervisor(worker_command(queues, hostname="l2-embedded@%h"), say=_say).start()
+            command = worker_command(queues, hostname="l2-embedded@%h")
+            supervisor = WorkerSupervisor(command, env=_embedded_worker_env(settings), say=_say).start()
         _run_api(args, settings, demo_result)
     finally:
         if supervisor is not None:

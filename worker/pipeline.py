@@ -89,7 +89,12 @@ def run_pipeline(job_id, *, settings=None, session_factory=None, owner: str | No
     if outcome is not Outcome.CLAIMED:
         log.info("job %s: nothing to do (%s)", job_id, outcome.value)
         return outcome.value
-    return JobRun(claim, settings, session_factory).run()
+    return run_claimed(claim, settings=settings, session_factory=session_factory)
+
+
+def run_claimed(claim: Claim, *, settings=None, session_factory=None) -> str:
+    """Run an attempt this process has already claimed (`worker.tasks` claims before importing torch)."""
+    return JobRun(claim, settings or get_settings(), session_factory or SessionLocal).run()
 
 
 def resolve_data_path(data_dir: Path, stored: str) -> Path:

@@ -1,28 +1,29 @@
 """Worker process hooks.
 
 * In each pool child after fork: drop the database connections inherited from the parent (a connection
-  shared across processes corrupts both). Torch is imported later, by the first job, inside the child.
-* In the main worker process once it is ready, and then every ``sweep_interval`` seconds: requeue jobs whose
-  attempt died (`worker.claims.requeue_abandoned`). The main process never imports torch.
+  shared across processes corrupts both), and lower the child's priority and torch threads (`be_polite`).
+  Torch is imported later, by the first job, inside the child.
+* In the main worker process once it is ready: its liveness thread (`worker.liveness`: the liveness row
+  /readyz counts, the sweep for abandoned jobs and lost messages, the check that its supervisor still lives),
+  stopped with the worker. The main process never imports torch.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import os
 from functools import partial
 
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from store.db import SessionLocal, get_engine
 from store.queues import QUEUES, send_job
-from worker.claims import STALE_AFTER_S, requeue_abandoned
+from store.settings import get_settings
 from worker.events import hooks as _event_hooks  # noqa: F401  (webhook dispatcher + MLflow exporter threads)
+from worker.liveness import MainProcessWatch
 
 log = logging.getLogger(__name__)
-_stop = threading.Event()
-
-SWEEP_INTERVAL_S = 30.0
+_watch: list[MainProcessWatch] = []
 
 
 @worker_process_init.connect
@@ -49,31 +50,19 @@ def _consumed_queues(sender) -> list[str]:
         return list(QUEUES)
 
 
-def sweep_once(queues, enqueue) -> list:
-    return requeue_abandoned(SessionLocal, queues, stale_after_s=STALE_AFTER_S, enqueue=enqueue)
-
-
 @worker_ready.connect
-def _start_sweeper(sender=None, **_) -> None:
-    queues = _consumed_queues(sender)
-    enqueue = partial(send_job, sender.app)
-
-    def loop() -> None:
-        while True:
-            try:
-                found = sweep_once(queues, enqueue)
-                if found:
-                    log.warning("requeued %d abandoned job(s): %s", len(found), found)
-            except Exception:
-                log.warning(
-                    "sweep for abandoned jobs failed; retrying in %.0f s", SWEEP_INTERVAL_S, exc_info=True
-                )
-            if _stop.wait(SWEEP_INTERVAL_S):
-                return
-
-    threading.Thread(target=loop, name="l2-sweeper", daemon=True).start()
+def _start_watch(sender=None, **_) -> None:
+    watch = MainProcessWatch(
+        session_factory=SessionLocal,
+        settings=get_settings(),
+        name=getattr(sender, "hostname", None) or "worker",
+        queues=_consumed_queues(sender),
+        enqueue=partial(send_job, sender.app),
+    )
+    _watch.append(watch.start())
 
 
 @worker_shutdown.connect
-def _stop_sweeper(**_) -> None:
-    _stop.set()
+def _stop_watch(**_) -> None:
+    while _watch:
+        _watch.pop().stop()

@@ -9,21 +9,30 @@ from __future__ import annotations
 
 import logging
 
-from store.db import is_transient
+from store.db import SessionLocal, is_transient
 from worker.celery_app import TASK_NAME, celery_app
+from worker.claims import STALE_AFTER_S, Outcome, claim_job
 
 log = logging.getLogger(__name__)
 
 
 @celery_app.task(name=TASK_NAME, bind=True, acks_late=True, max_retries=5)
 def run_job(self, job_id) -> str:
-    """Run job ``job_id`` to an end state; returns the outcome's name (for logs; results are not stored)."""
-    # Imported here, not at the top: the pipeline imports torch, and this module is loaded by the Celery main
-    # process too, which must stay free of torch (only the pool child that runs a job pays for it).
-    from worker.pipeline import run_pipeline
+    """Run job ``job_id`` to an end state; returns the outcome's name (for logs; results are not stored).
 
+    The claim comes first, before torch is imported: the job shows ``running`` as soon as a worker has it, and
+    the sweep for lost messages (`worker.recovery`) never mistakes a delivered job for a lost one while the
+    pool child is still importing torch."""
     try:
-        return run_pipeline(job_id)
+        outcome, claim = claim_job(job_id, SessionLocal, stale_after_s=STALE_AFTER_S)
+        if outcome is not Outcome.CLAIMED:
+            log.info("job %s: nothing to do (%s)", job_id, outcome.value)
+            return outcome.value
+        # Imported here, not at the top: the pipeline imports torch, and this module is loaded by the Celery
+        # main process too, which must stay free of torch (only the pool child that runs a job pays for it).
+        from worker.pipeline import run_claimed
+
+        return run_claimed(claim)
     except Exception as exc:
         if is_transient(exc):
             countdown = min(300, 5 * 2**self.request.retries)

@@ -19,7 +19,7 @@ def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     response_model=ReadyPublic,
-    summary="Readiness: database and broker reachable",
+    summary="Readiness: database and broker reachable, a worker alive",
     responses={503: {"model": ReadyPublic, "description": "a dependency is unavailable"}},
 )
 def readyz(ctx: ContextDep):

@@ -1,12 +1,16 @@
-"""Liveness, readiness (database and broker), Prometheus metrics, OpenAPI, and the API's import weight."""
+"""Liveness, readiness (database, broker, a live worker), Prometheus metrics, OpenAPI, and the API's import
+weight."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 from api_helpers import finish_job, submit_job
+
+from store.models import WorkerHeartbeat, utcnow
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -15,10 +19,39 @@ def test_healthz_answers_without_auth(client):
     assert client.get("/healthz").json() == {"status": "ok"}
 
 
-def test_readyz_is_ok_with_the_database_and_broker_up(client):
+def worker_reported(db, *, seconds_ago: float = 0.0, queues: str = "cpu,gpu", pid: int = 4242) -> None:
+    """A worker's liveness row as `worker.liveness` writes it, last seen ``seconds_ago``."""
+    seen = utcnow() - timedelta(seconds=seconds_ago)
+    db.add(WorkerHeartbeat(id=f"host:{pid}", name=f"w{pid}@host", queues=queues, started_at=seen, last_seen=seen))
+    db.commit()
+
+
+def test_readyz_is_ok_with_the_database_and_broker_up_and_a_worker_alive(client, db):
+    worker_reported(db)
     r = client.get("/readyz")
     assert r.status_code == 200, r.text
-    assert r.json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
+    assert r.json() == {
+        "status": "ok",
+        "checks": {"database": "ok", "broker": "ok", "workers": "ok (1 alive; queues cpu, gpu)"},
+    }
+
+
+def test_readyz_is_503_while_no_worker_has_ever_reported(client):
+    r = client.get("/readyz")
+    assert r.status_code == 503
+    body = r.json()
+    assert body["checks"]["database"] == "ok" and body["checks"]["broker"] == "ok"
+    assert body["checks"]["workers"].startswith("unavailable: NoWorker: no worker has reported in the last 15 s")
+    assert "l2 worker" in body["checks"]["workers"]
+
+
+def test_readyz_is_503_once_the_only_worker_stopped_reporting(client, db, settings):
+    # Three missed reports (3 x worker_heartbeat_s = 15 s) mean the worker is gone, e.g. SIGKILLed.
+    worker_reported(db, seconds_ago=3 * settings.worker_heartbeat_s + 1)
+    assert client.get("/readyz").status_code == 503
+    worker_reported(db, seconds_ago=1, pid=4343, queues="cpu")
+    r = client.get("/readyz")
+    assert r.status_code == 200 and r.json()["checks"]["workers"] == "ok (1 alive; queues cpu)"
 
 
 def test_readyz_is_503_naming_the_broker_when_redis_is_down(client, settings):
@@ -28,7 +61,8 @@ def test_readyz_is_503_naming_the_broker_when_redis_is_down(client, settings):
     assert r.json()["checks"]["database"] == "ok" and r.json()["checks"]["broker"].startswith("unavailable")
 
 
-def test_readyz_pings_a_real_redis_broker(client, settings):
+def test_readyz_pings_a_real_redis_broker(client, settings, db):
+    worker_reported(db)
     settings.broker_url = "redis://127.0.0.1:6379/0"
     r = client.get("/readyz")
     assert r.status_code == 200 and r.json()["checks"]["broker"] == "ok"
