@@ -27,6 +27,7 @@ from l2_client.errors import (
 )
 from l2_client.models import Checkpoint, Dataset, JobEvent, JobInfo, LayerResult
 from l2_client.tus import ResumableUpload
+from l2_client.webhooks import WebhookVerificationError, verify_webhook  # noqa: F401  (for receivers)
 
 __all__ = [
     "APIError",

@@ -81,7 +81,7 @@ def address_kind(address: IPAddress) -> str | None:
         address = mapped
     if address in METADATA_ADDRESSES:
         return "cloud metadata"
-    for kind in ("loopback", "link_local", "private", "multicast", "unspecified", "reserved"):
+    for kind in ("loopback", "unspecified", "link_local", "multicast", "private", "reserved"):
         if getattr(address, f"is_{kind}"):
             return kind.replace("_", "-")
     if not address.is_global:

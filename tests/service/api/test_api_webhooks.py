@@ -297,3 +297,26 @@ def test_a_job_event_is_written_with_its_state_change_or_not_at_all(hook_client,
         types = s.execute(select(OutboxEvent.type).where(OutboxEvent.job_id == job["id"])).scalars().all()
         assert types == ["job.queued"]
         assert s.execute(select(WebhookEndpoint)).first() is None
+
+
+def test_a_delivery_whose_dispatcher_died_mid_attempt_is_sent_again_with_the_same_id(
+    hook_client, tenant_a, receiver, session_factory, hook_settings, monkeypatch
+):
+    from worker.events import dispatcher as dispatcher_module
+
+    monkeypatch.setattr(dispatcher_module, "LEASE_MARGIN_S", 0.0)
+    quick = hook_settings.model_copy(update={"webhook_timeout_s": 0.5})
+    register(hook_client, tenant_a, receiver.url, events=["job.queued"])
+    job = submit_job(hook_client, tenant_a).json()
+    dead, alive = Dispatcher(session_factory, quick), Dispatcher(session_factory, quick)
+    try:
+        dead.fan_out()
+        assert len(dead.lease(10)) == 1  # ... and then this dispatcher dies: no request, no result
+        assert alive.lease(10) == []  # leased: nobody else sends it meanwhile
+        pump(alive, lambda: len(receiver.received) == 1, what="the redelivery after the lease ran out")
+    finally:
+        dead.close()
+        alive.close()
+    with session_factory() as s:
+        event_id = s.execute(select(OutboxEvent.id).where(OutboxEvent.job_id == job["id"])).scalar_one()
+    assert receiver.received[0].id == event_id
