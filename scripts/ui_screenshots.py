@@ -86,7 +86,7 @@ def prepare_files(folder: Path) -> dict[str, Path]:
 
     from compression_core import zoo
 
-    model, split = zoo.train_digits_cnn(seed=0)
+    model, split = zoo.train_digits_cnn(seed=0, epochs=8)
     files = {"checkpoint": folder / "digits_cnn.pt", "calib": folder / "calib.pt", "heldout": folder / "heldout.pt"}
     torch.save(model.state_dict(), files["checkpoint"])
     torch.save(split.train_x[:512].clone(), files["calib"])

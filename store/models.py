@@ -366,3 +366,19 @@ class MlflowExport(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobLossPoint(Base):
+    """The optimizer's losses at one progress write of a running job (`worker.progress`, at most one per
+    ``L2_PROGRESS_MIN_INTERVAL_S``): the web page's loss curves. ``seq`` orders a job's points."""
+
+    __tablename__ = "job_loss_points"
+    __table_args__ = (Index("ix_job_loss_points_job_seq", "job_id", "seq"),)
+
+    seq: Mapped[int] = mapped_column(_SEQ, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(36), ForeignKey("jobs.id", ondelete="CASCADE"))
+    phase: Mapped[str | None] = mapped_column(String(64))
+    progress: Mapped[float] = mapped_column(Float)
+    estimated_ratio: Mapped[float | None] = mapped_column(Float)
+    losses: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = _created()

@@ -214,6 +214,7 @@ def run_serve(args: argparse.Namespace) -> int:
     os.makedirs(settings.data_dir, exist_ok=True)
     lines = [
         f"L² service on http://{args.host}:{args.port}  (API docs: /docs)",
+        *([f"web page: http://{args.host}:{args.port}/ui"] if settings.ui_enabled else []),
         f"database: {_redact(settings.database_url)}",
         f"broker:   {_redact(settings.broker_url)}",
         f"data:     {settings.data_dir}",

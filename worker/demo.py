@@ -159,7 +159,7 @@ def run_demo(
                 },
             )
         )
-        _say(f"submitted job {job['id']} (target ratio {target_ratio:g}); progress:")
+        _say(f"submitted job {job['id']} (target ratio {target_ratio:g}); web page: {base_url}/ui/jobs/{job['id']}")
 
         job = follow(client, job["id"], poll_s=poll_s, timeout_s=timeout_s)
         if job["state"] != "succeeded":

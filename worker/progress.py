@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from compression_core.progress import ProgressEvent
 from store.job_states import record_event, still_claimed_by
-from store.models import Job, utcnow
+from store.models import Job, JobLossPoint, utcnow
 from store.outbox import emit
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,16 @@ class ProgressWriter:
             result = session.execute(
                 update(Job).where(*still_claimed_by(self.job_id, self.owner, self.attempt)).values(**values)
             )
+            if result.rowcount and values.get("latest_losses"):  # the web page's loss curves
+                session.add(
+                    JobLossPoint(
+                        job_id=self.job_id,
+                        phase=values.get("phase"),
+                        progress=values["progress"],
+                        estimated_ratio=values.get("estimated_ratio"),
+                        losses=values["latest_losses"],
+                    )
+                )
             if result.rowcount and event_message:
                 record_event(session, self.job_id, "running", values.get("phase"), event_message[:1000])
             if result.rowcount and self.clock() - self._last_progress_event >= PROGRESS_EVENT_INTERVAL_S:

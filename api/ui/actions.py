@@ -20,6 +20,7 @@ from api.schemas import CheckpointPublic, DatasetPublic, JobCreate, JobEventPubl
 from api.services import checkpoints as checkpoint_service
 from api.services import datasets as dataset_service
 from api.services import jobs as job_service
+from api.services import loss_history
 from api.services.uploads import check_declared_length
 from api.ui import views
 from api.ui.deps import PageSession, PostSession, with_headers
@@ -75,15 +76,18 @@ def submit_job(
 
 
 @router.get("/api/jobs/{job_id}/live")
-def job_live(request: Request, session: SessionDep, ui: PageSession, job_id: str):
-    """What the job page polls: the job as ``GET /v1/jobs/{id}`` shows it, its latest losses and its events."""
+def job_live(
+    request: Request, session: SessionDep, ui: PageSession, job_id: str, after: Annotated[int, Query(ge=0)] = 0
+):
+    """What the job page polls: the job as ``GET /v1/jobs/{id}`` shows it, its loss points after ``seq``
+    ``after`` and its events."""
     job = job_service.get(session, ui.caller, job_id)
     events = job_service.events(session, ui.caller, job_id)
     return _json(
         request,
         {
             "job": job_service.to_public(job).model_dump(mode="json"),
-            "loss_point": views.loss_point(job),
+            "loss_points": views.loss_series(loss_history.points(session, ui.caller, job_id, after_seq=after)),
             "events": [JobEventPublic.model_validate(e).model_dump(mode="json") for e in events],
         },
     )

@@ -18,6 +18,7 @@ from api.schemas import OPTION_NAMES, JobCreate, JobState
 from api.services import checkpoints as checkpoint_service
 from api.services import datasets as dataset_service
 from api.services import jobs as job_service
+from api.services import loss_history
 from api.ui import views
 from api.ui.deps import PageSession, PostSession, render, signer, with_headers
 from api.ui.session import (
@@ -92,6 +93,13 @@ def new_job_page(request: Request, session: SessionDep, ui: PageSession, checkpo
     )
 
 
+def not_found(request: Request, ui, exc: NotFound):
+    """A person's 404: the same words as the API's, on a page (another tenant's id reads as not found too)."""
+    return render(
+        request, ui, "message.html", status_code=404, title="Not found", heading="Not found", message=exc.detail
+    )
+
+
 def _optional(fetch, *args):
     try:
         return fetch(*args)
@@ -101,7 +109,10 @@ def _optional(fetch, *args):
 
 @router.get("/jobs/{job_id}")
 def job_page(request: Request, session: SessionDep, ui: PageSession, job_id: str, cancel: str | None = None):
-    job = job_service.get(session, ui.caller, job_id)
+    try:
+        job = job_service.get(session, ui.caller, job_id)
+    except NotFound as exc:
+        return not_found(request, ui, exc)
     layers = job_service.layers(session, ui.caller, job_id) if job.state == "succeeded" else []
     story = views.layer_story(layers, job.artifact_bytes)
     coded = [row for row in story if row["mode"] == "coded"]
@@ -122,7 +133,7 @@ def job_page(request: Request, session: SessionDep, ui: PageSession, job_id: str
         coded=coded,
         coded_share=sum(row["share"] or 0.0 for row in coded),
         commands=views.reproduce_commands(job, str(request.base_url), request.app.state.ctx.settings.auth_enabled),
-        loss_point=views.loss_point(job),
+        loss_points=views.loss_series(loss_history.points(session, ui.caller, job_id)),
         cancel_notice=cancel,
         terminal=job.state in job_service.TERMINAL,
     )
@@ -144,7 +155,10 @@ def compare_page(
     choices = [{"checkpoint": c, "jobs": n} for c, n, _ in counts]
     selected = None
     if checkpoint:
-        selected = checkpoint_service.get(session, ui.caller, checkpoint)
+        try:
+            selected = checkpoint_service.get(session, ui.caller, checkpoint)
+        except NotFound as exc:
+            return not_found(request, ui, exc)
     elif choices:
         selected = choices[0]["checkpoint"]
     jobs: list[Job] = []

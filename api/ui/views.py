@@ -9,7 +9,7 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-from store.models import Job, LayerResult
+from store.models import Job, JobLossPoint, LayerResult
 
 # Registered architecture names offered in the form (free text is allowed too). The API process must not import
 # torch, so this is the project's own registry (`compression_core.loading.architectures`) plus common
@@ -131,16 +131,20 @@ def layer_story(layers: list[LayerResult], artifact_bytes: int | None) -> list[d
     return rows
 
 
-def loss_point(job: Job) -> dict | None:
-    losses = job.latest_losses or {}
-    if not losses:
-        return None
-    return {
-        "t": job.updated_at.isoformat() if job.updated_at else None,
-        "phase": job.phase,
-        "progress": job.progress,
-        **{k: v for k, v in losses.items() if _finite(v) is not None},
-    }
+def loss_series(points: list[JobLossPoint]) -> list[dict]:
+    """The loss curves' points: time, phase, progress and each finite loss (distortion, rate and budget in bits
+    per weight, total, round)."""
+    return [
+        {
+            "seq": p.seq,
+            "t": p.created_at.isoformat(),
+            "phase": p.phase,
+            "progress": p.progress,
+            "estimated_ratio": _finite(p.estimated_ratio),
+            **{k: v for k, v in (p.losses or {}).items() if _finite(v) is not None},
+        }
+        for p in points
+    ]
 
 
 def request_body(job: Job) -> dict:

@@ -160,6 +160,8 @@ def test_cancel_a_running_job_from_its_page(browser, ui_stack, finished_job):
     page = finished_job["page"]
     page.goto(f"/ui/jobs/{job['id']}")
     expect(page.locator("#job-state")).to_have_text("running", timeout=120_000)
+    # the loss curves grow live from the points the worker records
+    page.locator("#chart-losses .scatterlayer .trace").first.wait_for(timeout=120_000)
     page.click("#cancel-button")
     expect(page.locator("#job-state")).to_have_text("canceled", timeout=60_000)
     with api(ui_stack, ui_stack.a) as client:

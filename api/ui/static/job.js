@@ -5,32 +5,16 @@
   if (!job) return;
   const TERMINAL = ["succeeded", "failed", "canceled"];
   const plotConfig = { displaylogo: false, responsive: true };
-  const historyKey = "l2-losses-" + job.id;
 
-  // -- loss curves: the service keeps only the latest losses, so the page keeps what it has seen (per tab) --
-  function history() {
-    try {
-      return JSON.parse(sessionStorage.getItem(historyKey) || "[]");
-    } catch (err) {
-      return [];
-    }
-  }
-  function remember(point) {
-    if (!point || point.distortion === undefined) return history();
-    const seen = history();
-    const last = seen[seen.length - 1];
-    if (!last || last.t !== point.t) {
-      seen.push(point);
-      sessionStorage.setItem(historyKey, JSON.stringify(seen.slice(-2000)));
-    }
-    return seen;
-  }
+  // -- loss curves: every point the worker recorded, then the new ones each poll brings --
+  const losses = L2.json("loss-points") || [];
+  const lastSeq = () => (losses.length ? losses[losses.length - 1].seq : 0);
   function drawLosses(points) {
     const chart = document.getElementById("chart-losses");
     if (!chart || typeof Plotly === "undefined") return;
     if (!points.length) {
       chart.textContent = TERMINAL.includes(job.state)
-        ? "No loss values were seen from this browser tab while the job ran."
+        ? "The optimizer reported no losses for this job."
         : "Waiting for the optimizer's first losses…";
       chart.classList.add("empty-chart");
       return;
@@ -54,7 +38,7 @@
     Plotly.react(chart, traces, layout, plotConfig);
     chart.dataset.plotted = "1";
   }
-  drawLosses(remember(L2.json("loss-point")));
+  drawLosses(losses);
 
   // -- live state while the job is unfinished --
   function setText(id, text) {
@@ -90,7 +74,7 @@
     if (document.hidden) return;
     let data;
     try {
-      const response = await fetch(`/ui/api/jobs/${job.id}/live`, { credentials: "same-origin" });
+      const response = await fetch(`/ui/api/jobs/${job.id}/live?after=${lastSeq()}`, { credentials: "same-origin" });
       if (!response.ok) return;
       data = await response.json();
     } catch (err) {
@@ -109,7 +93,10 @@
       badge.className = "badge " + now.state;
     }
     showEvents(data.events);
-    drawLosses(remember(data.loss_point));
+    if (data.loss_points.length) {
+      losses.push(...data.loss_points);
+      drawLosses(losses);
+    }
     if (TERMINAL.includes(now.state)) {
       clearInterval(timer);
       window.location.replace(`/ui/jobs/${job.id}`); // the finished page renders the results
@@ -145,6 +132,7 @@
       ],
       {
         ...common,
+        margin: { ...common.margin, r: 70 },
         title: { text: "share of the file and sparsity" },
         yaxis: { title: { text: "% of file bytes" } },
         yaxis2: { title: { text: "sparsity %" }, overlaying: "y", side: "right", range: [0, 100] },
