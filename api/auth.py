@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -129,13 +130,10 @@ def _default_caller(session: Session, name: str) -> Caller:
     return Caller(tenant_id=tenant.id, tenant_name=tenant.name, key_prefix=None)
 
 
-def current_caller(
-    request: Request,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-    x_api_key: Annotated[str | None, Depends(api_key_scheme)],
+def _resolve_caller(
+    request: Request, bearer: HTTPAuthorizationCredentials | None, x_api_key: str | None
 ) -> Caller:
-    """FastAPI dependency: the tenant of the presented API key (or the default tenant when auth is off).
-    Answers are remembered for a few seconds (`api.caller_cache`): a poll costs no key lookup."""
+    """The tenant of the presented API key (or the default tenant when auth is off), from the database."""
     ctx = request.app.state.ctx
     settings = ctx.settings
     with ctx.session_factory() as session:  # no connection is taken unless a lookup runs
@@ -154,6 +152,30 @@ def current_caller(
         raise _unauthorized(
             "invalid or revoked API key; create a new one with 'l2 keys create --tenant NAME'"
         )
+    return caller
+
+
+async def current_caller(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    x_api_key: Annotated[str | None, Depends(api_key_scheme)],
+) -> Caller:
+    """FastAPI dependency: the tenant of the presented credentials (or the default tenant when auth is off).
+
+    Credentials answered in the last few seconds are answered again from memory (`api.caller_cache`) without
+    leaving the event loop, so a status poll costs neither a key lookup nor a trip through the thread pool;
+    anything else is resolved by `_resolve_caller` in a worker thread. Only accepted credentials are
+    remembered here: a refusal is worked out (and explained) every time."""
+    ctx = request.app.state.ctx
+    settings = ctx.settings
+    headers = request.headers
+    seen = hash_secret(
+        f"{settings.auth_enabled}\0{settings.default_tenant}\0{headers.get('authorization')}\0{headers.get('x-api-key')}"
+    )
+    caller = ctx.callers.peek(seen)
+    if caller is None:
+        caller = await run_in_threadpool(_resolve_caller, request, bearer, x_api_key)
+        ctx.callers.put(seen, caller)
     return caller
 
 

@@ -6,6 +6,7 @@ job = client.submit(client.upload_checkpoint("model.pt"), client.upload_dataset(
 job.wait().download("model.l2")
 """
 
+from l2_client.aio import AsyncClient, AsyncJob
 from l2_client.client import Client, Job
 from l2_client.errors import (
     APIError,
@@ -31,6 +32,8 @@ from l2_client.webhooks import WebhookVerificationError, verify_webhook  # noqa:
 
 __all__ = [
     "APIError",
+    "AsyncClient",
+    "AsyncJob",
     "AuthenticationError",
     "Checkpoint",
     "ChecksumMismatch",

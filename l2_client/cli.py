@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common.add_argument("--url", default=None, help="service URL (default L2_URL, else http://127.0.0.1:8000)")
     common.add_argument("--api-key", default=None, help="API key (default L2_API_KEY)")
     common.add_argument("--json", action="store_true", help="print JSON (one document) instead of text")
+    common.add_argument(
+        "--retries", type=int, default=5, help="retries of connection errors, 429 and 502-504 (default 5)"
+    )
 
     remote = subparsers.add_parser(
         "remote",
@@ -83,7 +86,7 @@ class _Usage(Exception):
 def _client(args):
     from l2_client import Client
 
-    return Client(args.url, args.api_key)
+    return Client(args.url, args.api_key, max_retries=max(0, args.retries))
 
 
 def _json_arg(text: str | None, flag: str) -> dict | None:

@@ -224,9 +224,8 @@ class Job:
         is raised and nothing is left at ``path``."""
         if self.info.artifact is None:
             self.refresh()
-        if self.info.artifact is None:
-            raise L2Error(f"job {self.id} is {self.state}; only a succeeded job has an artifact")
-        expected = self.info.artifact.sha256
+        # Without an artifact the server's 409 (job not succeeded) or 410 (file gone) says why.
+        expected = self.info.artifact.sha256 if self.info.artifact else None
         path = Path(path)
         part = path.with_name(path.name + ".part")
         part.unlink(missing_ok=True)
@@ -244,7 +243,10 @@ class Job:
         with open(part, "rb") as f:
             while block := f.read(DOWNLOAD_BLOCK):
                 digest.update(block)
-        if expected and digest.hexdigest() != expected:
+        if expected is None:
+            part.unlink(missing_ok=True)
+            raise L2Error(f"job {self.id} has no recorded SHA-256 to verify its artifact against")
+        if digest.hexdigest() != expected:
             part.unlink(missing_ok=True)
             raise ChecksumMismatch(
                 f"downloaded artifact of job {self.id} has SHA-256 {digest.hexdigest()}, expected {expected}"

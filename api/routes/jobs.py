@@ -5,6 +5,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Response, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from api.deps import CallerDep, ContextDep, SessionDep
@@ -72,8 +73,11 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: str, session: SessionDep, caller: CallerDep):
-    return service.to_public(service.get(session, caller, job_id))
+async def get_job(job_id: str, ctx: ContextDep, caller: CallerDep):
+    # The endpoint clients poll: one trip to a worker thread for the read, and the answer serialized once
+    # (returned as a model, FastAPI would validate it again against response_model).
+    public = await run_in_threadpool(service.read_public, ctx, caller, job_id)
+    return Response(public.model_dump_json(), media_type="application/json")
 
 
 @router.post(

@@ -183,6 +183,12 @@ def get(session: Session, caller: Caller, job_id: str) -> Job:
     return get_owned(session, Job, caller, job_id, "job", "list yours with GET /v1/jobs")
 
 
+def read_public(ctx: AppContext, caller: Caller, job_id: str) -> JobPublic:
+    """`get` then `to_public` in a session of its own (the polled read: `api.routes.jobs.get_job`)."""
+    with ctx.session_factory() as session:
+        return to_public(get(session, caller, job_id))
+
+
 def list_(
     session: Session,
     caller: Caller,

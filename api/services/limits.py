@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -91,9 +92,15 @@ class RateLimiter:
             )
 
 
-def enforce_rate_limit(request: Request, caller: CallerDep) -> None:
-    """Router dependency: count the request against the caller's tenant (429 past the limit)."""
-    request.app.state.rate_limiter.check(caller.tenant_id)
+async def enforce_rate_limit(request: Request, caller: CallerDep) -> None:
+    """Router dependency: count the request against the caller's tenant (429 past the limit). The in-process
+    counter is a dict update and runs on the event loop; the Redis one does network I/O, so a worker thread
+    runs it (issue 12: a status poll should not queue for the thread pool more than it must)."""
+    limiter = request.app.state.rate_limiter
+    if isinstance(limiter.windows, MemoryWindows):
+        limiter.check(caller.tenant_id)
+    else:
+        await run_in_threadpool(limiter.check, caller.tenant_id)
 
 
 def check_concurrent_jobs(session: Session, caller: Caller, settings: Settings) -> None:

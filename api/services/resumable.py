@@ -174,6 +174,12 @@ def get(ctx: AppContext, session: Session, caller: Caller, upload_id: str) -> Re
             f"upload {upload_id!r} expired after {ctx.settings.upload_expiry_s:g} s without activity and "
             "was deleted; start a new upload"
         )
+    if row.resource_id is None and row.offset == row.length:
+        # Every byte arrived; the process that recorded the checkpoint or dataset may have stopped before it
+        # marked the upload complete.
+        if session.get(KINDS[row.kind], row.id) is not None:
+            row.resource_id = row.id
+            session.commit()
     return row
 
 
@@ -247,17 +253,21 @@ async def append(
     """Append the body at ``offset`` (which must be the server's offset); finishes the upload on its last
     byte. Returns the row with its new offset (and ``resource_id`` once finished)."""
     row = await run_in_threadpool(_load, ctx, caller, upload_id)
-    if row.resource_id is not None:
-        raise Conflict(f"upload {upload_id!r} is complete; it became {resource_url(row)}")
-    if offset != row.offset:
-        raise Conflict(
-            f"Upload-Offset {offset} does not match the server's offset {row.offset}; HEAD the upload and "
-            "resume from the offset it reports"
-        )
     part = part_path(ctx, row.id)
-    if not part.exists():
+    if row.resource_id is None and not part.exists():
         raise Gone(f"upload {upload_id!r} lost its received bytes on the server; start a new upload")
-    with _locked(part) as fd:
+    with _locked(part, missing_ok=True) as fd:
+        # Read again under the lock: a request that held it a moment ago may have moved the offset on.
+        row = await run_in_threadpool(_load, ctx, caller, upload_id)
+        if row.resource_id is not None:
+            raise Conflict(f"upload {upload_id!r} is complete; it became {resource_url(row)}")
+        if fd is None:
+            raise Gone(f"upload {upload_id!r} lost its received bytes on the server; start a new upload")
+        if offset != row.offset:
+            raise Conflict(
+                f"Upload-Offset {offset} does not match the server's offset {row.offset}; HEAD the upload and "
+                "resume from the offset it reports"
+            )
         new_offset = await _receive(ctx, row, fd, checksum, chunks)
         row = await run_in_threadpool(_save_offset, ctx, row.id, new_offset)
         if new_offset == row.length:

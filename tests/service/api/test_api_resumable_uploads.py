@@ -198,3 +198,21 @@ def test_unfinished_uploads_count_against_the_stored_bytes_quota(client, tenant_
     assert r.status_code == 413
     detail = r.json()["detail"]
     assert "stored-bytes quota" in detail and "L2_MAX_STORED_BYTES" in detail and "400" in detail
+
+
+def test_a_complete_upload_refuses_more_bytes_and_names_what_it_became(client, tenant_a):
+    url = create(client, tenant_a, 10)
+    resource = patch(client, tenant_a, url, 0, b"x" * 10).headers["L2-Resource"]
+    r = patch(client, tenant_a, url, 10, b"y")
+    assert r.status_code == 409 and resource in r.json()["detail"]
+
+
+def test_an_upload_whose_completion_was_not_recorded_is_recognised_as_complete(client, tenant_a, db):
+    """The process stopped after the checkpoint row was saved but before the upload was marked complete."""
+    url = create(client, tenant_a, 10)
+    resource = patch(client, tenant_a, url, 0, b"x" * 10).headers["L2-Resource"]
+    row = db.get(ResumableUpload, url.rsplit("/", 1)[1])
+    row.resource_id = None
+    db.commit()
+    r = client.head(url, headers={**tenant_a.headers, **TUS})
+    assert r.status_code == 200 and r.headers["L2-Resource"] == resource

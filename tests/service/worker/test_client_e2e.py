@@ -138,8 +138,14 @@ def test_a_submit_whose_response_was_lost_creates_one_job(l2_serve, tmp_path):
             direct.job(job.id).cancel()
 
 
-def test_429_is_retried_after_retry_after(tmp_path):
-    stack = make_stack(tmp_path, f"sqlite:///{tmp_path / 'data' / 'l2.db'}", f"sqla+sqlite:///{tmp_path / 'b.db'}")
+@pytest.mark.parametrize("backend", ["embedded", "postgres-redis"])
+def test_429_is_retried_after_retry_after(backend, request, tmp_path):
+    """Counters in the API process (embedded default) or in Redis (shared by every API process)."""
+    if backend == "embedded":
+        urls = f"sqlite:///{tmp_path / 'data' / 'l2.db'}", f"sqla+sqlite:///{tmp_path / 'b.db'}"
+    else:
+        urls = request.getfixturevalue("postgres_url"), request.getfixturevalue("redis_url")
+    stack = make_stack(tmp_path, *urls)
     stack.env.update({"L2_RATE_LIMIT_PER_WINDOW": "3", "L2_RATE_LIMIT_WINDOW_S": "2"})
     stack.migrate()
     stack.start_api()
@@ -197,3 +203,63 @@ def test_the_readme_examples_run_against_l2_serve(l2_serve, digits_files, tmp_pa
     assert "compressed " in shell.stdout and "LAYER" in shell.stdout
     assert json.loads((tmp_path / "job.json").read_text())["job"]["state"] == "succeeded"
     assert (tmp_path / "digits_cnn.l2").stat().st_size > 0
+
+
+def l2_remote(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("L2_")}
+    return subprocess.run(
+        [sys.executable, "-c", L2_MAIN, "remote", *args],
+        env=env,
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_l2_remote_exit_codes_tell_a_pipeline_what_happened(l2_serve, tmp_path):
+    url = ["--url", l2_serve.base_url]
+    bogus, data = tmp_path / "m.pt", tmp_path / "d.pt"
+    bogus.write_bytes(b"not a model")
+    data.write_bytes(b"not data either")
+    args = ["submit", str(bogus), "--calibration", str(data), "--target-ratio", "10", "--device", "cpu"]
+
+    failed = l2_remote(*args, "--options", '{"rounds": 0}', "--wait", "--timeout", "300", "--json", *url)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    job = json.loads(failed.stdout)["job"]
+    assert job["state"] == "failed" and job["error"]
+
+    status = l2_remote("status", job["id"], "--json", *url)
+    assert status.returncode == 0 and json.loads(status.stdout)["state"] == "failed"
+    listing = l2_remote("list", "--state", "failed", "--json", *url)
+    assert listing.returncode == 0 and job["id"] in [j["id"] for j in json.loads(listing.stdout)]
+    no_artifact = l2_remote("download", job["id"], str(tmp_path / "out.l2"), *url)
+    assert no_artifact.returncode == 3 and "has no artifact" in no_artifact.stderr
+    assert not (tmp_path / "out.l2").exists()
+
+    missing = l2_remote("status", "no-such-job", *url)
+    assert missing.returncode == 3 and "not found" in missing.stderr
+    unreachable = l2_remote("status", "x", "--retries", "0", "--url", f"http://127.0.0.1:{free_port()}")
+    assert unreachable.returncode == 4 and "failed after 1 attempt" in unreachable.stderr
+    bad_json = l2_remote(*args, "--options", "{not json", *url)
+    assert bad_json.returncode == 2 and "--options is not valid JSON" in bad_json.stderr
+    for out in (failed, missing, unreachable, bad_json, no_artifact):
+        assert "Traceback" not in out.stderr
+
+
+def test_the_async_client_uploads_concurrently(l2_serve, tmp_path):
+    import asyncio
+
+    from l2_client import AsyncClient
+
+    sources = []
+    for i in range(3):
+        sources.append(tmp_path / f"m{i}.pt")
+        sources[-1].write_bytes(os.urandom(200_000 + i))
+
+    async def main():
+        async with AsyncClient(l2_serve.base_url) as client:
+            return await asyncio.gather(*(client.upload_checkpoint(p) for p in sources))
+
+    uploaded = asyncio.run(main())
+    assert [c.sha256 for c in uploaded] == [sha256_file(p) for p in sources]
