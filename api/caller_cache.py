@@ -42,12 +42,21 @@ class CallerCache:
             if hit is not None and hit[0] > now:
                 return hit[1]  # type: ignore[return-value]
         value = compute()
+        self.put(key, value)
+        return value
+
+    def peek(self, key: str):
+        """The remembered, unexpired answer for ``key``, or None."""
         with self._lock:
-            self._entries[key] = (now + self.ttl_s, value)
+            hit = self._entries.get(key)
+        return hit[1] if hit is not None and hit[0] > self.clock() else None
+
+    def put(self, key: str, value: object) -> None:
+        with self._lock:
+            self._entries[key] = (self.clock() + self.ttl_s, value)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
-        return value
 
     def clear(self) -> None:
         with self._lock:
