@@ -30,8 +30,8 @@ from worker_stack import L2_MAIN, PG_ADMIN_URL, ROOT, Client, DigitsFiles, free_
 pytestmark = [pytest.mark.service, pytest.mark.slow, needs_coding]
 
 # Long enough to be killed mid-way on 2 busy cores, short enough to rerun twice.
-LONG = {"rounds": 1, "transform_iters": 60, "weight_iters": 60}
-SHORT = {"rounds": 1, "transform_iters": 10, "weight_iters": 10}
+LONG = {"rounds": 1, "transform_iters": 40, "weight_iters": 40}
+SHORT = {"rounds": 1, "transform_iters": 4, "weight_iters": 4}
 TERMINAL = ("succeeded", "failed", "canceled")
 CHAOS_ENV = {
     "L2_WORKER_HEARTBEAT_S": "1",
@@ -80,7 +80,7 @@ class Serve:
     """One ``l2 serve`` process of a stack (API + supervised worker, or --no-worker)."""
 
     def __init__(self, stack, *extra: str) -> None:
-        stack.api_port = free_port()
+        stack.api_port = stack.api_port or free_port()  # a restart answers on the same port
         self.stack = stack
         self.log = open(stack.logs / "serve.log", "ab")
         self.proc = subprocess.Popen(
