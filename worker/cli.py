@@ -254,6 +254,7 @@ def _run_api(args: argparse.Namespace, settings, demo_result: dict) -> None:
     """Serve the API until it is stopped; with ``--demo``, run the demo against it in a thread."""
     # The web stack (uvicorn, FastAPI, the API's modules) loads only when `serve` runs; see the module docstring.
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     from api.app import create_app
 
@@ -305,8 +306,6 @@ def _run_api(args: argparse.Namespace, settings, demo_result: dict) -> None:
     if server is not None:
         server.run()
     else:
-        from uvicorn.supervisors import Multiprocess
-
         Multiprocess(config, sockets=[config.bind_socket()]).run()
 
 
