@@ -15,13 +15,16 @@ from pathlib import Path
 
 import httpx
 
-from l2_client.errors import ChecksumMismatch, Conflict, ConnectionFailed, L2Error, error_from_response
+from l2_client.errors import APIError, ConnectionFailed, L2Error, error_from_response
 from l2_client.transport import Transport
 
 TUS_VERSION = "1.0.0"
 CHUNK_BYTES = 64 * 1024**2
 READ_BYTES = 1024**2
 TUS_HEADERS = {"Tus-Resumable": TUS_VERSION}
+# Answers to a PATCH after which the upload goes on from the server's offset: another request still holds the
+# upload (409), the chunk was damaged on the way (460), a limit or an unavailable server asks to wait.
+RESUMABLE_STATUSES = (409, 429, 460, 502, 503, 504)
 
 
 def encode_metadata(values: dict[str, str]) -> str:
@@ -107,10 +110,13 @@ class ResumableUpload:
 
     def upload(self) -> str:
         """Send the whole file (resuming after dropped connections); returns the URL of the checkpoint or
-        dataset it became (``/v1/checkpoints/<id>``)."""
+        dataset it became (``/v1/checkpoints/<id>``). Called again after a failure, it goes on from the
+        server's offset."""
         if self.url is None:
             self.create()
-        offset, resource = 0, None
+            offset, resource = 0, None
+        else:
+            offset, resource = self.offset()
         while resource is None:
             try:
                 response = self._patch(offset)
@@ -120,8 +126,10 @@ class ResumableUpload:
                     self.on_progress(offset, self.size)
                 if offset >= self.size and resource is None:
                     raise L2Error(f"the server received all {self.size} bytes but named no resource")
-            except (httpx.TransportError, ChecksumMismatch, Conflict, ConnectionFailed) as exc:
+            except (httpx.TransportError, APIError, ConnectionFailed) as exc:
                 # Conflict: the server may still be finishing the request that broke (it holds the upload).
+                if isinstance(exc, APIError) and exc.status_code not in RESUMABLE_STATUSES:
+                    raise
                 self.resumes += 1
                 if self.resumes > self.max_resumes:
                     raise ConnectionFailed(
@@ -129,6 +137,7 @@ class ResumableUpload:
                         f"resumes ({type(exc).__name__}: {exc}); call upload() again to resume from the server's "
                         f"offset ({self.url})"
                     ) from exc
-                time.sleep(self.transport.delay(min(self.resumes, 5)))
+                response = exc.response if isinstance(exc, APIError) else None
+                time.sleep(self.transport.delay(min(self.resumes, 5), response))
                 offset, resource = self.offset()
         return resource

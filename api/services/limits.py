@@ -3,7 +3,8 @@ Every refusal says which limit was hit, its value and the setting that raises it
 
 Requests are counted in fixed windows of `Settings.rate_limit_window_s`. With a Redis broker the counters
 live in Redis (``INCR`` + ``EXPIRE``), so every API process of a deployment shares them; otherwise (the
-embedded default, one API process) they live in the process. A fixed window admits at most twice the limit
+embedded default) they live in each API process, so ``l2 serve --api-workers N`` admits up to N times the
+limit. A fixed window admits at most twice the limit
 across one window boundary; that is the price of one round trip per request instead of a sorted set. If Redis
 cannot be reached the request is let through (a limiter outage must not take the API down) and logged.
 """

@@ -300,8 +300,10 @@ async def _receive(ctx, row: ResumableUpload, fd: int, checksum: bytes | None, c
     written = 0
     buffer = bytearray()
 
-    def flush(data: bytes, at: int) -> None:
-        os.pwrite(fd, data, at)
+    def flush(data: bytearray, at: int) -> None:
+        view, done = memoryview(data), 0
+        while done < len(view):  # pwrite may write less than asked
+            done += os.pwrite(fd, view[done:], at + done)
         for h in (file_hash, request_hash):
             if h is not None:
                 h.update(data)
@@ -317,11 +319,11 @@ async def _receive(ctx, row: ResumableUpload, fd: int, checksum: bytes | None, c
                 )
             buffer += chunk
             if len(buffer) >= WRITE_BUFFER_BYTES:
-                data, buffer = bytes(buffer), bytearray()
+                data, buffer = buffer, bytearray()  # hand the block over, no copy
                 await run_in_threadpool(flush, data, start + written)
                 written += len(data)
         if buffer:
-            await run_in_threadpool(flush, bytes(buffer), start + written)
+            await run_in_threadpool(flush, buffer, start + written)
             written += len(buffer)
             buffer = bytearray()
         await run_in_threadpool(os.fsync, fd)
