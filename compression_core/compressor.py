@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 
 import numpy as np
@@ -29,7 +30,12 @@ from compression_core.model_io import (
 from compression_core.progress import CancelCheck, ProgressCallback
 from compression_core.recon.allocation import initial_bits
 from compression_core.recon.batchnorm import has_batchnorm, recalibrate_batchnorm
-from compression_core.recon.budget import Budget, UnreachableTargetError, measure_file_bytes
+from compression_core.recon.budget import (
+    MAX_BITS_PER_WEIGHT,
+    Budget,
+    UnreachableTargetError,
+    measure_file_bytes,
+)
 from compression_core.recon.finalize import build_contents, dtype_name, fit_target
 from compression_core.recon.losses import distillation_distance
 from compression_core.recon.schedule import Reporter, run_schedule
@@ -140,7 +146,15 @@ def compress(
     if coded_numel and init_bits <= 0:
         raise UnreachableTargetError(
             f"target ratio {target_ratio} leaves {budget.target_file_bytes:.0f} bytes, but stored tensors and "
-            f"headers alone take about {init_side:.0f} bytes; lower the target ratio"
+            f"headers alone take about {init_side:.0f} bytes (ratio {total_original / init_side:.3g}); lower the "
+            "target ratio well below that"
+        )
+    if coded_numel and init_bits > MAX_BITS_PER_WEIGHT:
+        lowest = math.ceil(budget.lowest_reachable_ratio(init_side) * 1000) / 1000
+        raise UnreachableTargetError(
+            f"target ratio {target_ratio} is too low to reach: it needs about {init_bits:.1f} bits per coded "
+            f"weight and the coder spends at most {MAX_BITS_PER_WEIGHT:g}; the lowest reachable ratio for this "
+            f"model is {lowest:g}; ask for at least that"
         )
     coded = [p for p in plans if p.kind is not None]
     vectors = {p.name: work_sd[p.name] for p in coded if p.kind == "linear" and work_sd[p.name].dim() < 2}

@@ -33,8 +33,10 @@ from torch import nn
 from compression_core.loading import formats
 from compression_core.loading.architectures import build_architecture
 from compression_core.loading.errors import CheckpointError
+from compression_core.loading.export_pytrees import register_output_types
 from compression_core.loading.fixed_batch import AnyBatch
 from compression_core.loading.state_dicts import StateDictLayout, check_keys, load_into, unwrap
+from compression_core.loading.torch_files import load_weights_only
 
 Form = Literal["state_dict", "export", "torchscript"]
 
@@ -158,7 +160,7 @@ def _torch_load_weights(path: Path):
     """`torch.load` restricted to tensors and plain containers: a pickle that names any other global fails
     here before anything it references is imported or called."""
     try:
-        return torch.load(path, weights_only=True, map_location="cpu")
+        return load_weights_only(path)
     except (pickle.UnpicklingError, AttributeError, ModuleNotFoundError, TypeError) as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         what = f" (it references {found.group(1)})" if found else ""
@@ -174,6 +176,7 @@ def _torch_load_weights(path: Path):
 
 
 def _load_export(path: Path, digest: str) -> LoadedModel:
+    register_output_types(path)
     try:
         program = torch.export.load(str(path))
     except Exception as e:  # deserialisation raises many types; all mean "not a usable program"

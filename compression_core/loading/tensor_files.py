@@ -14,6 +14,7 @@ import torch
 from compression_core.loading import formats
 from compression_core.loading.errors import CalibrationError
 from compression_core.loading.spec import CalibrationSpec
+from compression_core.loading.torch_files import load_weights_only
 from compression_core.model_io import Inputs, InputsError, num_samples, select
 
 TENSOR_KINDS = (formats.TORCH, formats.PICKLE, formats.NPY, formats.NPZ, formats.SAFETENSORS)
@@ -53,13 +54,39 @@ def load_tensor_file(
         inputs = select(inputs, slice(0, spec.max_samples))
         labels = labels[: spec.max_samples] if labels is not None else None
         notes.append(f"first {spec.max_samples} of {n} samples used (max_samples)")
+    inputs, labels = _materialise_within(inputs, labels, spec.max_total_bytes, path.name)
     return inputs, labels, notes
+
+
+def _materialise_within(inputs: Inputs, labels: torch.Tensor | None, limit: int, source: str):
+    """Contiguous copies of the tensors, once their in-memory size is known to be within ``limit``. A
+    `torch.save` file can hold an expanded view (stride 0): 1.6 kB on disk, gigabytes once anything copies it,
+    so the file size checked above says nothing about memory."""
+    if isinstance(inputs, Mapping):
+        tensors = list(inputs.values())
+    else:
+        tensors = list(inputs) if isinstance(inputs, tuple) else [inputs]
+    tensors += [labels] if labels is not None else []
+    total = sum(t.numel() * t.element_size() for t in tensors)
+    if total > limit:
+        raise CalibrationError(
+            f"{source} holds {total:,} bytes of tensors in memory (the file is smaller: it stores expanded or "
+            f"shared views), more than max_total_bytes={limit:,}; store fewer or smaller samples, or set "
+            "max_samples lower"
+        )
+    if isinstance(inputs, Mapping):
+        inputs = {k: v.contiguous() for k, v in inputs.items()}
+    elif isinstance(inputs, tuple):
+        inputs = tuple(v.contiguous() for v in inputs)
+    else:
+        inputs = inputs.contiguous()
+    return inputs, labels.contiguous() if labels is not None else None
 
 
 def _read(path: Path, kind: str):
     try:
         if kind in (formats.TORCH, formats.PICKLE):
-            return torch.load(path, weights_only=True, map_location="cpu")
+            return load_weights_only(path)
         if kind == formats.NPY:
             return np.load(path, allow_pickle=False)
         if kind == formats.NPZ:

@@ -20,6 +20,12 @@ FILE_OVERHEAD_BYTES = 512
 CODED_ENTRY_BYTES = 48
 STORED_ENTRY_BYTES = 32
 TABLE_BYTES_PER_LEVEL = 2.0
+# The most bits per coded weight a run may be asked to spend. The file holds at most 2^20 levels per tensor
+# (`coding.manifest.MAX_LEVELS`); 16 bits leaves that range a 16x margin for the tails of the weight
+# distribution, so the ratio controller can always land a budget up to here. It makes 32 / 16 = 2 the lowest
+# ratio every model reaches (`MIN_REACHABLE_RATIO`); models with stored tensors reach somewhat lower ones.
+MAX_BITS_PER_WEIGHT = 16.0
+MIN_REACHABLE_RATIO = 32.0 / MAX_BITS_PER_WEIGHT
 
 
 class UnreachableTargetError(ValueError):
@@ -45,6 +51,11 @@ class Budget:
     def payload_bits(self, side_bytes: float) -> float:
         """B: bits left for the range-coded symbols."""
         return 8.0 * (self.target_file_bytes - side_bytes)
+
+    def lowest_reachable_ratio(self, side_bytes: float) -> float:
+        """The ratio of a file whose coded weights spend `MAX_BITS_PER_WEIGHT` each: lower targets are refused
+        up front instead of failing after the optimization."""
+        return self.original_bytes / (side_bytes + self.coded_numel * MAX_BITS_PER_WEIGHT / 8.0)
 
     def estimated_ratio(self, side_bytes: float, payload_bits: float) -> float:
         return self.original_bytes / max(1.0, side_bytes + math.ceil(payload_bits / 8.0))

@@ -15,9 +15,11 @@ import torch
 from torch import nn
 
 _TINY = 1e-12
-# Codes are clamped to ±2^20 levels: far beyond any useful quantizer, well inside float32's exact integers
-# and int32 symbols, and it keeps a diverging parameter from building a histogram of 10^8 bins.
-MAX_CODE = float(2**20)
+# Codes are clamped to ±(2^19 − 1): far beyond any useful quantizer, well inside float32's exact integers and
+# int32 symbols, and it keeps a diverging parameter from building a histogram of 10^8 bins. The span it allows,
+# 2^20 − 1 levels, is what the file format accepts per tensor (`coding.manifest.MAX_LEVELS`); the former ±2^20
+# let the ratio controller's finest steps write spans of 2^21 + 1 levels, which the writer refused.
+MAX_CODE = float(2**19 - 1)
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
