@@ -11,14 +11,19 @@ from __future__ import annotations
 import logging
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from api.deps import AppContext, Enqueue
-from api.errors import ServiceError
+from api.errors import ServiceError, Unprocessable
 from api.metrics import Metrics
 from api.routes import checkpoints, datasets, health, jobs, uploads_tus, webhooks
+from api.schemas import NO_CONTROL_CHARACTERS
 from api.services.limits import RateLimiter, enforce_rate_limit
 from api.storage import LocalStorage
 from store.db import make_engine, make_session_factory
@@ -26,16 +31,6 @@ from store.queues import celery_enqueuer
 from store.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
-
-# Synchronous routes one API process runs at once (anyio's default, 40, only made the two cores switch between
-# threads); matches the database pool (`store.db.POOL_SIZE`), so no request opens a connection of its own.
-REQUEST_THREADS = 16
-
-
-@asynccontextmanager
-async def _lifespan(app: FastAPI):
-    anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
-    yield
 
 
 def _location(loc) -> str:
@@ -49,11 +44,29 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, list[dict]]:
         msg = str(e.get("msg", "")).removeprefix("Value error, ")
         if e.get("type") == "extra_forbidden":
             msg = "unknown field; remove it"
+        elif e.get("type") == "string_pattern_mismatch" and e.get("ctx", {}).get("pattern") == NO_CONTROL_CHARACTERS:
+            msg = "must not contain control characters (newlines, tabs, NUL, escape ...)"
         elif e.get("type") == "json_invalid":
             msg = f"the body is not valid JSON ({e.get('ctx', {}).get('error', 'parse error')})"
         errors.append({"loc": list(e.get("loc", ())), "msg": msg, "type": e.get("type")})
     detail = "; ".join(f"{_location(err['loc'])}: {err['msg']}" for err in errors) or "invalid request"
     return detail, errors
+
+
+def _method_not_allowed(request: Request) -> JSONResponse:
+    """405 whose ``Allow`` lists the methods of *every* route on the path (Starlette names only the first route
+    it tried, so ``OPTIONS /v1/jobs`` claimed only POST was allowed)."""
+    allowed: set[str] = set()
+    for context in iter_route_contexts(request.app.router.routes):
+        methods = getattr(context.original_route, "methods", None)
+        if methods and context.path and compile_path(context.path)[0].match(request.url.path):
+            allowed |= set(methods)
+    listed = ", ".join(sorted(allowed))
+    return JSONResponse(
+        {"detail": f"method {request.method} is not allowed on {request.url.path}; use {listed}"},
+        status_code=405,
+        headers={"Allow": listed},
+    )
 
 
 def create_app(
@@ -86,7 +99,16 @@ def create_app(
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        body = {"detail": exc.detail}
+        if isinstance(exc, Unprocessable):
+            body["errors"] = exc.errors()
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 405:
+            return _method_not_allowed(request)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

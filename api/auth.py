@@ -141,18 +141,45 @@ def _resolve_caller(
             return ctx.callers.get(
                 f"default tenant {settings.default_tenant}", lambda: _default_caller(session, settings.default_tenant)
             )
-        key = (bearer.credentials if bearer else None) or x_api_key
-        if key is None:
+        presented = _presented_keys(request, bearer, x_api_key)
+        if not presented:
             raise _unauthorized(
                 "missing API key: send 'Authorization: Bearer l2_<prefix>_<secret>' or "
                 "'X-API-Key: ...'; create one with 'l2 keys create --tenant NAME'"
             )
-        caller = ctx.callers.get(hash_secret(key), lambda: authenticate(session, key))
-    if caller is None:
+        callers = {
+            header: ctx.callers.get(hash_secret(key), lambda key=key: authenticate(session, key))
+            for header, key in presented.items()
+        }
+    for header, caller in callers.items():
+        if caller is None:
+            raise _unauthorized(
+                f"invalid or revoked API key in {header}; send only valid keys (a request carrying any "
+                "invalid credential is refused), or create a new one with 'l2 keys create --tenant NAME'"
+            )
+    if len({c.tenant_id for c in callers.values()}) > 1:
         raise _unauthorized(
-            "invalid or revoked API key; create a new one with 'l2 keys create --tenant NAME'"
+            "Authorization and X-API-Key carry keys of different tenants; send one key (in either header)"
         )
-    return caller
+    return next(iter(callers.values()))
+
+
+def _presented_keys(
+    request: Request, bearer: HTTPAuthorizationCredentials | None, x_api_key: str | None
+) -> dict[str, str]:
+    """Every credential the request carries, by header. An ``Authorization`` header that is not a Bearer key
+    counts as a credential too (an invalid one), so it cannot be silently outvoted by a valid X-API-Key."""
+    keys = {}
+    authorization = request.headers.get("authorization")
+    if authorization is not None:
+        if bearer is None:
+            raise _unauthorized(
+                "the Authorization header must read 'Bearer l2_<prefix>_<secret>'; other schemes are not accepted"
+            )
+        keys["Authorization"] = bearer.credentials
+    if x_api_key is not None:
+        keys["X-API-Key"] = x_api_key
+    return keys
 
 
 async def current_caller(

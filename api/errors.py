@@ -38,7 +38,17 @@ class PayloadTooLarge(ServiceError):
 
 
 class Unprocessable(ServiceError):
+    """422. Its body also lists the problem under ``errors`` (what the 422 schema promises, like a validation
+    error): ``loc`` names the offending part of the request, e.g. ``("query", "spec")``."""
+
     status_code = 422
+
+    def __init__(self, detail: str, *, loc: tuple[str | int, ...] = ("request",), headers=None) -> None:
+        super().__init__(detail, headers=headers)
+        self.loc = loc
+
+    def errors(self) -> list[dict]:
+        return [{"loc": list(self.loc), "msg": self.detail, "type": "value_error"}]
 
 
 class Unavailable(ServiceError):

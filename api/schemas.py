@@ -7,15 +7,21 @@ with a 422 at submission instead of a failed job minutes later, without importin
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from api.schemas_events import EventType, MlflowBlock, MlflowPublic
 
 TransformKind = Literal["linear", "prune_quant", "log", "exp"]
 Size = int | tuple[int, int]
+
+
+# Names and file names are shown in listings, logs and the UI: control characters (NUL, newlines, escape
+# sequences) would forge or break those lines, so the schema refuses them.
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
 
 
 class _Strict(BaseModel):
@@ -126,7 +132,7 @@ class DatasetCreate(_Strict):
     """Register calibration data already on the server (a folder, archive or tensor file) by its path, which
     must lie inside one of the server's allowed data roots."""
 
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200, pattern=NO_CONTROL_CHARACTERS)
     path: str = Field(min_length=1, max_length=4096, description="absolute server path")
     spec: CalibrationSpecIn = Field(default_factory=CalibrationSpecIn)
 
@@ -148,6 +154,9 @@ class DatasetsPublic(BaseModel):
 
 
 # -- jobs ----------------------------------------------------------------------------------------------------
+# `compression_core.recon.budget.MIN_REACHABLE_RATIO` (a test pins the two): every model reaches a target from
+# here up; below it only some do, which only the worker can tell after loading the model.
+MIN_TARGET_RATIO = 2.0
 JobState = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
 
@@ -158,11 +167,22 @@ class JobCreate(_Strict):
     architecture: str | None = Field(
         None,
         max_length=200,
-        description="registered architecture name or 'module:callable', needed "
-        "for a plain state_dict checkpoint",
+        description="registered architecture name (e.g. 'digits_cnn'), torchvision model name (e.g. "
+        "'resnet18') or 'timm:NAME', needed for a plain state_dict checkpoint (arbitrary 'module:callable' "
+        "references are not accepted: the service never imports code a request names)",
     )
     arch_kwargs: dict[str, Any] = Field(default_factory=dict)
-    target_ratio: float = Field(gt=1, le=100, description="fp32 size / .l2 file size, in (1, 100]")
+    target_ratio: float = Field(
+        le=100,
+        json_schema_extra={"minimum": MIN_TARGET_RATIO},
+        description=f"fp32 size / .l2 file size, in [{MIN_TARGET_RATIO:g}, 100]",
+    )
+    preset: Literal["fast", "balanced", "paper"] | None = Field(
+        None,
+        description="optimizer schedule: 'fast' (GPTQ rounding, no gradient phase), 'balanced' (the default: "
+        "plus one round of learned transforms, sized for 2 CPU cores), 'paper' (the reference schedule, for a "
+        "GPU); fields in options override it",
+    )
     options: CompressionOptions = Field(default_factory=CompressionOptions)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # -- events (issue 11) --
@@ -171,6 +191,17 @@ class JobCreate(_Strict):
     )
     webhook_events: list[EventType] | None = Field(None, description="event types for webhook_url; None: all")
     mlflow: MlflowBlock | None = Field(None, description="log the result to MLflow (default: the tenant's block)")
+
+    @field_validator("target_ratio")
+    @classmethod
+    def _reachable(cls, value: float) -> float:
+        if not value >= MIN_TARGET_RATIO:
+            raise ValueError(
+                f"{value:g} is below {MIN_TARGET_RATIO:g}, the lowest ratio every model reaches (lower targets need "
+                "more than 16 bits per weight, beyond what the coder spends); ask for at least "
+                f"{MIN_TARGET_RATIO:g} (the l2 command line names a model's own lowest reachable ratio)"
+            )
+        return value
 
     @field_validator("options", mode="before")
     @classmethod
@@ -296,7 +327,30 @@ class ReadyPublic(BaseModel):
 
 
 Limit = Annotated[int, Field(ge=1, le=500)]
-Offset = Annotated[int, Field(ge=0)]
+_ISO_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _iso_date_time_only(value: Any) -> Any:
+    """Pydantic would also read a number as Unix seconds (``-5`` → 1969) or a bare date; the schema promises
+    an ISO 8601 date-time, so anything else is refused before it parses."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _ISO_DATE_TIME.match(value):
+        raise ValueError(f"{value!r} is not an ISO 8601 date-time; send e.g. 2026-01-31T12:00:00Z")
+    return value
+
+
+def _utc_if_naive(value: datetime) -> datetime:
+    """A time without an offset is read as UTC (the rows store aware UTC; a naive value failed the query)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_date_time_only), AfterValidator(_utc_if_naive)]
+
+# Databases hold OFFSET in a signed 64-bit integer (PostgreSQL bigint, SQLite integer): a larger offset would
+# fail inside the driver (a 500) instead of answering an empty page, so the schema bounds it.
+MAX_OFFSET = 2**62
+Offset = Annotated[int, Field(ge=0, le=MAX_OFFSET, description="rows to skip (newest first)")]
 
 
 # -- resumable uploads (tus 1.0) -----------------------------------------------------------------------------

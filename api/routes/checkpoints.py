@@ -6,7 +6,14 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from api.deps import CallerDep, ContextDep, SessionDep
 from api.routes.stored_files import BINARY_BODY, IN_USE_RESPONSE, TOO_LARGE_RESPONSE
-from api.schemas import ERROR_RESPONSES, CheckpointPublic, CheckpointsPublic, Limit, Offset
+from api.schemas import (
+    ERROR_RESPONSES,
+    NO_CONTROL_CHARACTERS,
+    CheckpointPublic,
+    CheckpointsPublic,
+    Limit,
+    Offset,
+)
 from api.services import checkpoints as service
 from api.services.uploads import check_declared_length
 
@@ -31,6 +38,7 @@ async def upload_checkpoint(
         Query(
             min_length=1,
             max_length=255,
+            pattern=NO_CONTROL_CHARACTERS,
             description="original file name; its suffix tells the loader the format "
             "(.pt, .pth, .safetensors, .pt2, ...)",
         ),

@@ -6,7 +6,16 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from api.deps import CallerDep, ContextDep, SessionDep
 from api.routes.stored_files import BINARY_BODY, IN_USE_RESPONSE, TOO_LARGE_RESPONSE
-from api.schemas import ERROR_RESPONSES, DatasetCreate, DatasetPublic, DatasetsPublic, Limit, Message, Offset
+from api.schemas import (
+    ERROR_RESPONSES,
+    NO_CONTROL_CHARACTERS,
+    DatasetCreate,
+    DatasetPublic,
+    DatasetsPublic,
+    Limit,
+    Message,
+    Offset,
+)
 from api.services import datasets as service
 from api.services.uploads import check_declared_length
 
@@ -23,7 +32,7 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=ERROR_RES
 def register_dataset(
     body: DatasetCreate, response: Response, ctx: ContextDep, session: SessionDep, caller: CallerDep
 ):
-    row = service.register(session, caller, body, ctx.settings.allowed_data_roots)
+    row = service.register(session, caller, body, ctx.settings.allowed_data_roots, ctx.settings.data_dir)
     response.headers["Location"] = f"/v1/datasets/{row.id}"
     return row
 
@@ -43,9 +52,14 @@ async def upload_dataset(
     caller: CallerDep,
     filename: Annotated[
         str,
-        Query(min_length=1, max_length=255, description="file name; its suffix tells the reader the format"),
+        Query(
+            min_length=1,
+            max_length=255,
+            pattern=NO_CONTROL_CHARACTERS,
+            description="file name; its suffix tells the reader the format",
+        ),
     ],
-    name: Annotated[str | None, Query(max_length=200)] = None,
+    name: Annotated[str | None, Query(max_length=200, pattern=NO_CONTROL_CHARACTERS)] = None,
     spec: Annotated[
         str | None,
         Query(description='calibration settings as JSON, e.g. {"kind":"images","resize":256,"crop":224}'),

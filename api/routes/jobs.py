@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Response, status
@@ -11,6 +10,7 @@ from fastapi.responses import FileResponse
 from api.deps import CallerDep, ContextDep, SessionDep
 from api.schemas import (
     ERROR_RESPONSES,
+    IsoDateTime,
     JobCreate,
     JobEventPublic,
     JobEventsPublic,
@@ -62,7 +62,7 @@ def list_jobs(
     session: SessionDep,
     caller: CallerDep,
     state: JobState | None = None,
-    created_after: datetime | None = None,
+    created_after: IsoDateTime | None = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ):

@@ -34,11 +34,12 @@ def parse_spec(text: str | None) -> CalibrationSpecIn:
     except json.JSONDecodeError as exc:
         raise Unprocessable(
             f"spec is not valid JSON ({exc.msg} at position {exc.pos}); send a JSON object such "
-            'as {"kind": "images", "resize": 256, "crop": 224}'
+            'as {"kind": "images", "resize": 256, "crop": 224}',
+            loc=("query", "spec"),
         ) from exc
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors())
-        raise Unprocessable(f"invalid calibration spec: {problems}") from exc
+        raise Unprocessable(f"invalid calibration spec: {problems}", loc=("query", "spec")) from exc
 
 
 def _spec_dict(spec: CalibrationSpecIn) -> dict:
@@ -108,7 +109,10 @@ async def record(
     )
 
 
-def resolve_allowed_path(raw: str, roots: list[Path]) -> Path:
+def resolve_allowed_path(raw: str, roots: list[Path], data_dir: Path | None = None) -> Path:
+    """``raw`` resolved, when it lies inside one of ``roots`` and outside ``data_dir``: the service's own
+    folder holds every tenant's uploads and artifacts, so a root that contains it (the README's demo layout)
+    must not let one tenant register another's files by path."""
     if not roots:
         raise Forbidden(
             "registering server paths is disabled on this server (L2_ALLOWED_DATA_ROOTS is empty); "
@@ -116,20 +120,31 @@ def resolve_allowed_path(raw: str, roots: list[Path]) -> Path:
         )
     path = Path(raw)
     if not path.is_absolute():
-        raise Unprocessable(f"path {raw!r} must be absolute (inside one of the allowed data roots)")
+        raise Unprocessable(
+            f"path {raw!r} must be absolute (inside one of the allowed data roots)", loc=("body", "path")
+        )
     resolved = path.resolve()
     if not any(resolved == root or root in resolved.parents for root in roots):
         raise Forbidden(
             f"path {raw!r} is outside the server's allowed data roots "
             f"({', '.join(map(str, roots))}); move the data there or upload it"
         )
+    if data_dir is not None:
+        own = data_dir.resolve()
+        if resolved == own or own in resolved.parents or resolved in own.parents:
+            raise Forbidden(
+                f"path {raw!r} is (or contains) the service's own data folder (L2_DATA_DIR, {own}), which holds "
+                "every tenant's uploads and artifacts; register data kept outside it, or upload it"
+            )
     if not resolved.exists():
-        raise Unprocessable(f"path {raw!r} does not exist on the server")
+        raise Unprocessable(f"path {raw!r} does not exist on the server", loc=("body", "path"))
     return resolved
 
 
-def register(session: Session, caller: Caller, body: DatasetCreate, roots: list[Path]) -> Dataset:
-    resolved = resolve_allowed_path(body.path, roots)
+def register(
+    session: Session, caller: Caller, body: DatasetCreate, roots: list[Path], data_dir: Path | None = None
+) -> Dataset:
+    resolved = resolve_allowed_path(body.path, roots, data_dir)
     row = Dataset(
         tenant_id=caller.tenant_id,
         name=body.name,

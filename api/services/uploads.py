@@ -25,7 +25,9 @@ def check_declared_length(content_length: str | None, limit: int) -> None:
     try:
         declared = int(content_length)
     except ValueError as exc:
-        raise Unprocessable(f"Content-Length {content_length!r} is not a number") from exc
+        raise Unprocessable(
+            f"Content-Length {content_length!r} is not a number", loc=("header", "content-length")
+        ) from exc
     if declared > limit:
         raise PayloadTooLarge(too_large_message(limit, declared))
 
@@ -56,7 +58,7 @@ async def receive(
     except UploadTooLarge as exc:
         raise PayloadTooLarge(too_large or too_large_message(limit)) from exc
     except EmptyUpload as exc:
-        raise Unprocessable(str(exc)) from exc
+        raise Unprocessable(str(exc), loc=("body",)) from exc
 
 
 async def store_upload(
