@@ -79,7 +79,7 @@ class Settings(BaseSettings):
         5.0, ge=0, description="least seconds between two job.progress deliveries to one endpoint"
     )
     webhook_poll_interval_s: float = Field(0.2, gt=0, description="how often the dispatcher looks for work")
-    webhook_concurrency: int = Field(16, ge=1, le=256, description="deliveries one dispatcher sends at once")
+    webhook_concurrency: int = Field(32, ge=1, le=256, description="deliveries one dispatcher sends at once")
     # -- worker liveness and recovery (issue 12) --
     worker_heartbeat_s: float = Field(
         5.0, gt=0, description="seconds between a worker's liveness reports; /readyz counts a worker alive for 3"

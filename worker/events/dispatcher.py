@@ -26,12 +26,13 @@ import logging
 import queue
 import random
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import httpx
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import aliased
 
 from store.models import (
@@ -42,6 +43,7 @@ from store.models import (
     WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
+    new_id,
     utcnow,
 )
 from store.url_guard import UnsafeURL, check_url, parse_allow_list
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 
 FAN_OUT_BATCH = 500
 LEASE_MARGIN_S = 5.0
+BATCH_WAIT_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ class Dispatcher:
         self.results: queue.Queue[tuple[Outgoing, AttemptResult]] = queue.Queue()
         self.in_flight = 0
         self.endpoint_in_flight: dict[str, int] = {}
-        self.per_endpoint_limit = max(1, settings.webhook_concurrency // 4)
+        self.per_endpoint_limit = max(1, settings.webhook_concurrency // 2)
 
     # -- fan-out ----
     def fan_out(self, limit: int = FAN_OUT_BATCH) -> int:
@@ -104,15 +107,18 @@ class Dispatcher:
             if not events:
                 return 0
             now = utcnow()
+            won = set(
+                session.execute(
+                    update(OutboxEvent)
+                    .where(OutboxEvent.seq.in_([e.seq for e in events]), OutboxEvent.dispatched_at.is_(None))
+                    .values(dispatched_at=now)
+                    .returning(OutboxEvent.seq)
+                ).scalars()
+            )
             endpoints: dict[str, list] = {}
             last_progress: dict[str, datetime | None] = {}
             for event in events:
-                won = session.execute(
-                    update(OutboxEvent)
-                    .where(OutboxEvent.seq == event.seq, OutboxEvent.dispatched_at.is_(None))
-                    .values(dispatched_at=now)
-                ).rowcount
-                if not won:
+                if event.seq not in won:  # another dispatcher took it
                     continue
                 taken += 1
                 if event.tenant_id not in endpoints:
@@ -144,8 +150,9 @@ class Dispatcher:
                             created_at=now,
                         )
                     )
-                if event.type == "job.succeeded" and event.job_id is not None:
-                    self._add_mlflow_export(session, event, now)
+            self._add_mlflow_exports(
+                session, [e for e in events if e.seq in won and e.type == "job.succeeded" and e.job_id], now
+            )
             session.commit()
         return taken
 
@@ -164,27 +171,34 @@ class Dispatcher:
         last[endpoint_id] = now
         return False
 
-    def _add_mlflow_export(self, session, event: OutboxEvent, now: datetime) -> None:
-        job_block, tenant_block = session.execute(
-            select(Job.mlflow, Tenant.mlflow).join(Tenant, Tenant.id == Job.tenant_id).where(Job.id == event.job_id)
-        ).one()
-        config = job_block or tenant_block
-        if not config:
+    def _add_mlflow_exports(self, session, succeeded: list[OutboxEvent], now: datetime) -> None:
+        """An `MlflowExport` for each succeeded job whose own block, or its tenant's, says where to log."""
+        if not succeeded:
             return
-        exists = session.execute(select(MlflowExport.id).where(MlflowExport.job_id == event.job_id)).first()
-        if exists is None:
-            session.add(
-                MlflowExport(
-                    tenant_id=event.tenant_id,
-                    job_id=event.job_id,
-                    config=dict(config),
-                    status="pending",
-                    attempts=0,
-                    next_attempt_at=now,
-                    created_at=now,
-                    updated_at=now,
+        job_ids = [e.job_id for e in succeeded]
+        blocks = session.execute(
+            select(Job.id, Job.tenant_id, Job.mlflow, Tenant.mlflow)
+            .join(Tenant, Tenant.id == Job.tenant_id)
+            .where(Job.id.in_(job_ids), (Job.mlflow.is_not(None)) | (Tenant.mlflow.is_not(None)))
+        ).all()
+        if not blocks:
+            return
+        exists = set(session.execute(select(MlflowExport.job_id).where(MlflowExport.job_id.in_(job_ids))).scalars())
+        for job_id, tenant_id, job_block, tenant_block in blocks:
+            config = job_block or tenant_block
+            if config and job_id not in exists:
+                session.add(
+                    MlflowExport(
+                        tenant_id=tenant_id,
+                        job_id=job_id,
+                        config=dict(config),
+                        status="pending",
+                        attempts=0,
+                        next_attempt_at=now,
+                        created_at=now,
+                        updated_at=now,
+                    )
                 )
-            )
 
     # -- leasing due deliveries ----
     def lease(self, limit: int) -> list[Outgoing]:
@@ -224,14 +238,24 @@ class Dispatcher:
                 ).scalars()
             )
             rows = session.execute(
-                select(WebhookDelivery, WebhookEndpoint, OutboxEvent)
+                select(
+                    WebhookDelivery.id,
+                    WebhookDelivery.endpoint_id,
+                    WebhookDelivery.attempts,
+                    WebhookEndpoint.url,
+                    WebhookEndpoint.secret,
+                    WebhookEndpoint.previous_secret,
+                    WebhookEndpoint.previous_secret_expires_at,
+                    OutboxEvent.id.label("event_id"),
+                    OutboxEvent.payload,
+                )
                 .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
                 .join(OutboxEvent, OutboxEvent.seq == WebhookDelivery.event_seq)
                 .where(WebhookDelivery.id.in_(leased))
                 .order_by(WebhookDelivery.event_seq)
             ).all()
             session.commit()
-        return [self._outgoing(d, e, ev, now) for d, e, ev in rows]
+        return [self._outgoing(row, now) for row in rows]
 
     def _fair_share(self, candidates, limit: int) -> list[str]:
         """At most ``per_endpoint_limit`` attempts in flight per endpoint, so one slow receiver cannot take
@@ -248,19 +272,19 @@ class Dispatcher:
         return ids
 
     @staticmethod
-    def _outgoing(delivery, endpoint, event, now: datetime) -> Outgoing:
-        secrets = [endpoint.secret]
-        expires = endpoint.previous_secret_expires_at
-        if endpoint.previous_secret and expires is not None and expires > now:
-            secrets.append(endpoint.previous_secret)
+    def _outgoing(row, now: datetime) -> Outgoing:
+        secrets = [row.secret]
+        expires = row.previous_secret_expires_at
+        if row.previous_secret and expires is not None and _aware(expires, now) > now:
+            secrets.append(row.previous_secret)
         return Outgoing(
-            delivery_id=delivery.id,
-            endpoint_id=endpoint.id,
-            attempt=(delivery.attempts or 0) + 1,
-            url=endpoint.url,
+            delivery_id=row.id,
+            endpoint_id=row.endpoint_id,
+            attempt=(row.attempts or 0) + 1,
+            url=row.url,
             secrets=tuple(secrets),
-            event_id=event.id,
-            body=json.dumps(event.payload, separators=(",", ":"), ensure_ascii=False).encode(),
+            event_id=row.event_id,
+            body=json.dumps(row.payload, separators=(",", ":"), ensure_ascii=False).encode(),
         )
 
     # -- one attempt (pool thread) ----
@@ -294,48 +318,68 @@ class Dispatcher:
         s = self.settings
         with self.session_factory() as session:
             now = utcnow()
-            for item, result in finished:
-                delivery = session.get(WebhookDelivery, item.delivery_id)
-                if delivery is None or delivery.status != "pending":
-                    continue  # deleted, or redelivered and already settled by another dispatcher
-                session.add(
-                    WebhookAttempt(
-                        delivery_id=delivery.id,
-                        number=item.attempt,
-                        started_at=now - timedelta(milliseconds=result.latency_ms),
-                        status_code=result.status_code,
-                        latency_ms=result.latency_ms,
-                        response_snippet=result.snippet,
-                        error=result.error,
-                    )
+            rows = session.execute(
+                select(WebhookDelivery.id, WebhookDelivery.status, WebhookDelivery.window_started_at).where(
+                    WebhookDelivery.id.in_([item.delivery_id for item, _ in finished])
                 )
-                delivery.attempts = item.attempt
-                delivery.leased_until = None
-                delivery.last_status_code = result.status_code
-                delivery.last_latency_ms = result.latency_ms
-                delivery.last_response = result.snippet
-                delivery.last_error = result.error
-                endpoint_status = None
+            ).all()
+            current = {row.id: row for row in rows}
+            attempts, changes = [], []
+            recovered, failing = set(), set()
+            for item, result in finished:
+                row = current.get(item.delivery_id)
+                if row is None or row.status != "pending":
+                    continue  # deleted, or redelivered and already settled by another dispatcher
+                attempts.append(
+                    {
+                        "id": new_id(),
+                        "delivery_id": item.delivery_id,
+                        "number": item.attempt,
+                        "started_at": now - timedelta(milliseconds=result.latency_ms),
+                        "status_code": result.status_code,
+                        "latency_ms": result.latency_ms,
+                        "response_snippet": result.snippet,
+                        "error": result.error,
+                    }
+                )
+                change = {
+                    "id": item.delivery_id,
+                    "attempts": item.attempt,
+                    "leased_until": None,
+                    "last_status_code": result.status_code,
+                    "last_latency_ms": result.latency_ms,
+                    "last_response": result.snippet,
+                    "last_error": result.error,
+                    "status": "pending",
+                    "delivered_at": None,
+                    "next_attempt_at": now,
+                }
+                window_end = _aware(row.window_started_at, now) + timedelta(seconds=s.webhook_retry_window_s)
                 if result.ok:
-                    delivery.status, delivery.delivered_at = "succeeded", now
-                    endpoint_status = ("active", None)
+                    change.update(status="succeeded", delivered_at=now)
+                    recovered.add(item.endpoint_id)
+                elif now >= window_end:
+                    change["status"] = "failed"
+                    failing.add(item.endpoint_id)
                 else:
-                    window_end = _aware(delivery.window_started_at, now) + timedelta(seconds=s.webhook_retry_window_s)
-                    if now >= window_end:
-                        delivery.status = "failed"
-                        endpoint_status = ("failing", now)
-                    else:
-                        delay = backoff_s(item.attempt, s.webhook_retry_base_s, s.webhook_retry_max_s)
-                        delivery.next_attempt_at = min(now + timedelta(seconds=delay), window_end)
-                if endpoint_status is not None:
-                    status, since = endpoint_status
-                    condition = WebhookEndpoint.status != status
-                    values = {"status": status, "failing_since": since}
-                    session.execute(
-                        update(WebhookEndpoint)
-                        .where(and_(WebhookEndpoint.id == item.endpoint_id, condition))
-                        .values(**values)
-                    )
+                    delay = backoff_s(item.attempt, s.webhook_retry_base_s, s.webhook_retry_max_s)
+                    change["next_attempt_at"] = min(now + timedelta(seconds=delay), window_end)
+                changes.append(change)
+            if attempts:  # executemany: one statement each for the whole batch
+                session.execute(insert(WebhookAttempt), attempts)
+                session.execute(update(WebhookDelivery), changes)
+            if recovered - failing:  # a success clears the endpoint's failing mark
+                session.execute(
+                    update(WebhookEndpoint)
+                    .where(WebhookEndpoint.id.in_(list(recovered - failing)), WebhookEndpoint.status != "active")
+                    .values(status="active", failing_since=None)
+                )
+            if failing:
+                session.execute(
+                    update(WebhookEndpoint)
+                    .where(WebhookEndpoint.id.in_(list(failing)), WebhookEndpoint.status != "failing")
+                    .values(status="failing", failing_since=now)
+                )
             session.commit()
 
     def _drain(self, wait_s: float) -> list[tuple[Outgoing, AttemptResult]]:
@@ -344,6 +388,8 @@ class Dispatcher:
             finished.append(self.results.get(timeout=wait_s) if wait_s > 0 else self.results.get_nowait())
         except queue.Empty:
             return finished
+        if self.in_flight > 1:
+            time.sleep(BATCH_WAIT_S)  # let attempts finishing together be recorded in one transaction
         while True:
             try:
                 finished.append(self.results.get_nowait())
@@ -356,7 +402,8 @@ class Dispatcher:
         attempts started."""
         self._settle(self._drain(wait_s))
         self.fan_out()
-        outgoing = self.lease(self.settings.webhook_concurrency - self.in_flight)
+        free = self.settings.webhook_concurrency - self.in_flight
+        outgoing = self.lease(free) if free > 0 else []
         for item in outgoing:
             self.in_flight += 1
             self.endpoint_in_flight[item.endpoint_id] = self.endpoint_in_flight.get(item.endpoint_id, 0) + 1
@@ -376,20 +423,18 @@ class Dispatcher:
     def run(self, stop: threading.Event) -> None:
         """Loop until ``stop`` is set; database trouble is logged and retried on the next round."""
         poll = self.settings.webhook_poll_interval_s
-        started = 0
         while not stop.is_set():
             try:
-                started = self.step(wait_s=0.0 if started else poll)
+                # A round starts when an attempt finishes (its result is recorded at once) or every ``poll``
+                # seconds (new outbox events, retries coming due).
+                self.step(wait_s=poll)
             except Exception:
                 log.warning("webhook dispatcher round failed; retrying", exc_info=True)
-                started = 0
                 stop.wait(poll * 5)
         self.close()
 
     def drain_in_flight(self, timeout_s: float = 30.0) -> None:
         """Wait for started attempts and record them (tests, shutdown)."""
-        import time
-
         deadline = time.monotonic() + timeout_s
         while self.in_flight > 0 and time.monotonic() < deadline:
             self._settle(self._drain(0.1))
