@@ -252,11 +252,8 @@ async def append(
 ) -> ResumableUpload:
     """Append the body at ``offset`` (which must be the server's offset); finishes the upload on its last
     byte. Returns the row with its new offset (and ``resource_id`` once finished)."""
-    row = await run_in_threadpool(_load, ctx, caller, upload_id)
-    part = part_path(ctx, row.id)
-    if row.resource_id is None and not part.exists():
-        raise Gone(f"upload {upload_id!r} lost its received bytes on the server; start a new upload")
-    with _locked(part, missing_ok=True) as fd:
+    row = await run_in_threadpool(_load, ctx, caller, upload_id)  # the caller's own upload (404 otherwise)
+    with _locked(part_path(ctx, row.id), missing_ok=True) as fd:
         # Read again under the lock: a request that held it a moment ago may have moved the offset on.
         row = await run_in_threadpool(_load, ctx, caller, upload_id)
         if row.resource_id is not None:

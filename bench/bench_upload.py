@@ -1,0 +1,212 @@
+"""Upload throughput and the API server's peak memory: one large file through the resumable path (tus, the
+client's `ResumableUpload`: 64 MiB PATCH requests with a sha256 checksum each) and through the plain upload
+(one streamed POST), on loopback against a uvicorn API on the embedded default.
+
+    python bench/bench_upload.py [--size-gib 4]     # writes bench/results/upload.md and upload.json
+
+The source file is sparse (zeros; created with truncate, deleted afterwards) so the figures measure the
+service, not the client's disk. Peak RSS is the server process's VmHWM from /proc after each run (a fresh
+server per run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from l2_client import Client  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(data_dir: Path, port: int) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("L2_")}
+    env.update(
+        {
+            "L2_DATA_DIR": str(data_dir),
+            "L2_AUTH_ENABLED": "false",
+            "L2_MAX_UPLOAD_BYTES": str(64 * 1024**3),
+            "L2_DATABASE_URL": f"sqlite:///{data_dir / 'l2.db'}",
+        }
+    )
+    subprocess.run(
+        [sys.executable, "-c", "from store.migrate import upgrade_database; upgrade_database()"],
+        env=env,
+        cwd=ROOT,
+        check=True,
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "api.app:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        cwd=ROOT,
+    )
+    for _ in range(300):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise RuntimeError("API did not start")
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, all its threads (from /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(kind: str, source: Path, work: Path) -> dict:
+    data_dir = work / f"data-{kind}"
+    data_dir.mkdir()
+    port = free_port()
+    server = start_server(data_dir, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        idle_rss = peak_rss_mib(server.pid)
+        server_cpu, client_cpu = cpu_seconds(server.pid), own_cpu_seconds()
+        start = time.perf_counter()
+        if kind == "resumable":
+            with Client(url, resumable_threshold=0, timeout=600) as client:
+                checkpoint = client.upload_checkpoint(source).model_dump()
+        else:
+
+            def blocks():
+                with open(source, "rb") as f:
+                    while block := f.read(1024**2):
+                        yield block
+
+            r = httpx.post(
+                f"{url}/v1/checkpoints",
+                params={"filename": source.name},
+                content=blocks(),
+                headers={"Content-Length": str(source.stat().st_size)},
+                timeout=600,
+            )
+            r.raise_for_status()
+            checkpoint = r.json()
+        seconds = time.perf_counter() - start
+        server_cpu, client_cpu = cpu_seconds(server.pid) - server_cpu, own_cpu_seconds() - client_cpu
+        peak = peak_rss_mib(server.pid)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        shutil.rmtree(data_dir, ignore_errors=True)
+    size = source.stat().st_size
+    return {
+        "path": kind,
+        "bytes": size,
+        "seconds": round(seconds, 2),
+        "throughput_mb_s": round(size / seconds / 1e6, 1),
+        "server_cpu_s_per_gib": round(server_cpu / (size / 1024**3), 2),
+        "client_cpu_s_per_gib": round(client_cpu / (size / 1024**3), 2),
+        "server_rss_idle_mib": round(idle_rss, 1),
+        "server_rss_peak_mib": round(peak, 1),
+        "sha256": checkpoint["sha256"],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-gib", type=float, default=4.0)
+    args = parser.parse_args()
+    size = int(args.size_gib * 1024**3)
+    free = shutil.disk_usage(ROOT).free
+    if free < 3 * size:
+        raise SystemExit(f"need ~{3 * size / 1e9:.0f} GB free for a {args.size_gib} GiB run; have {free / 1e9:.0f}")
+    with tempfile.TemporaryDirectory(
+        dir=ROOT / "bench" / "cache" if (ROOT / "bench" / "cache").is_dir() else None
+    ) as tmp:
+        work = Path(tmp)
+        source = work / "big.safetensors"
+        with open(source, "wb") as f:
+            f.truncate(size)  # sparse: zeros, no disk used
+        load_before = os.getloadavg()[0]
+        rows = [run("resumable", source, work), run("plain", source, work)]
+        load_after = os.getloadavg()[0]
+        source.unlink()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    meta = {
+        "command": f"python bench/bench_upload.py --size-gib {args.size_gib:g}",
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit.strip(),
+        "machine": f"{os.cpu_count()} cores (shared with other engineers' work while this ran), loopback",
+        "load_average_1min": [round(load_before, 1), round(load_after, 1)],
+        "rows": rows,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "upload.json").write_text(json.dumps(meta, indent=2) + "\n")
+    lines = [
+        "# Upload throughput and server memory",
+        "",
+        f"`{meta['command']}` — {meta['date']}, commit {meta['commit']}, {meta['machine']}.",
+        "Source: a sparse file of zeros; server: uvicorn `api.app:create_app`, embedded default (SQLite).",
+        "The CPU was shared with other engineers' builds and tests (1-minute load average "
+        f"{meta['load_average_1min'][0]} before, {meta['load_average_1min'][1]} after, on 2 cores), so the "
+        "throughput is a lower bound.",
+        "",
+        "CPU seconds per GiB (server process, all threads; client = this process) barely depend on the load:",
+        "on an idle machine the throughput is bounded by about 1 GiB / max(server, client) CPU seconds.",
+        "",
+        "| path | GiB | seconds | MB/s | server CPU s/GiB | client CPU s/GiB | server RSS after start (MiB) "
+        "| server RSS peak (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['path']} | {r['bytes'] / 1024**3:.2f} | {r['seconds']} | {r['throughput_mb_s']} | "
+            f"{r['server_cpu_s_per_gib']} | {r['client_cpu_s_per_gib']} | {r['server_rss_idle_mib']} | "
+            f"{r['server_rss_peak_mib']} |"
+        )
+    (RESULTS / "upload.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
