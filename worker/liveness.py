@@ -6,7 +6,7 @@ stops the worker when the process that supervises it is gone.
   seconds. A clean stop deletes the row at once.
 * At start and then every `Settings.sweep_interval_s`: running jobs whose attempt died go back to the queue
   (`worker.claims.requeue_abandoned`), and queued jobs whose broker message was lost are published again
-  (`worker.recovery.republish_lost`). Every worker sweeps; conditional updates make them race safely.
+  (`worker.recovery.LostMessages`). Every worker sweeps; conditional updates make them race safely.
 * Under ``l2 serve`` or ``l2 worker`` (`Settings.supervisor_pid`), a parent that is gone (its pid is no
   longer our parent's: SIGKILLed, crashed) means nobody will stop or restart this worker, so it stops itself
   with a warm shutdown (the running job finishes; no new one is taken) instead of living on as an orphan.
@@ -28,7 +28,7 @@ from sqlalchemy import delete, update
 
 from store.models import WorkerHeartbeat, utcnow
 from worker.claims import STALE_AFTER_S, owner_identity, requeue_abandoned
-from worker.recovery import republish_lost
+from worker.recovery import LostMessages
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,13 @@ class MainProcessWatch:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="l2-liveness", daemon=True)
         self._orphaned = False
+        self.lost = LostMessages(
+            session_factory,
+            self.queues,
+            broker_url=settings.broker_url,
+            lost_after_s=settings.lost_message_after_s,
+            enqueue=enqueue,
+        )
 
     # -- lifecycle ----
     def start(self) -> MainProcessWatch:
@@ -118,13 +125,7 @@ class MainProcessWatch:
         )
         if requeued:
             log.warning("requeued %d abandoned job(s): %s", len(requeued), requeued)
-        republish_lost(
-            self.session_factory,
-            self.queues,
-            broker_url=self.settings.broker_url,
-            lost_after_s=self.settings.lost_message_after_s,
-            enqueue=self.enqueue,
-        )
+        self.lost.sweep()
 
     def check_parent(self) -> None:
         supervisor = self.settings.supervisor_pid

@@ -12,6 +12,7 @@ import logging
 from store.db import SessionLocal, is_transient
 from worker.celery_app import TASK_NAME, celery_app
 from worker.claims import STALE_AFTER_S, Outcome, claim_job
+from worker.progress import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,12 @@ def run_job(self, job_id) -> str:
         if outcome is not Outcome.CLAIMED:
             log.info("job %s: nothing to do (%s)", job_id, outcome.value)
             return outcome.value
-        # Imported here, not at the top: the pipeline imports torch, and this module is loaded by the Celery
-        # main process too, which must stay free of torch (only the pool child that runs a job pays for it).
-        from worker.pipeline import run_claimed
-
+        # The claim is only alive while its heartbeat beats (other workers' sweeps requeue a silent attempt),
+        # and importing torch takes seconds, on a busy machine a minute: beat meanwhile.
+        with Heartbeat(claim.job_id, claim.owner, claim.attempt, SessionLocal, interval_s=1.0):
+            # Imported here, not at the top: the pipeline imports torch, and this module is loaded by the Celery
+            # main process too, which must stay free of torch (only the pool child that runs a job pays for it).
+            from worker.pipeline import run_claimed
         return run_claimed(claim)
     except Exception as exc:
         if is_transient(exc):

@@ -27,7 +27,8 @@ import pytest
 import redis
 from worker_stack import L2_MAIN, PG_ADMIN_URL, ROOT, Client, DigitsFiles, free_port, make_stack, needs_coding
 
-pytestmark = [pytest.mark.service, pytest.mark.slow, needs_coding]
+# About 2 minutes per stack on 2 idle cores; far more on a machine busy with other test runs.
+pytestmark = [pytest.mark.service, pytest.mark.slow, needs_coding, pytest.mark.timeout(1500)]
 
 # Long enough to be killed mid-way on 2 busy cores, short enough to rerun twice.
 LONG = {"rounds": 1, "transform_iters": 40, "weight_iters": 40}
