@@ -82,12 +82,16 @@ def start(env: dict, logs: Path) -> list[subprocess.Popen]:
 
 
 def prepare_files(folder: Path) -> dict[str, Path]:
+    """The trained digits CNN and its data in ``folder``; kept there, so a second run skips the training."""
     import torch
 
     from compression_core import zoo
 
-    model, split = zoo.train_digits_cnn(seed=0, epochs=8)
+    folder.mkdir(parents=True, exist_ok=True)
     files = {"checkpoint": folder / "digits_cnn.pt", "calib": folder / "calib.pt", "heldout": folder / "heldout.pt"}
+    if all(path.is_file() for path in files.values()):
+        return files
+    model, split = zoo.train_digits_cnn(seed=0, epochs=8)
     torch.save(model.state_dict(), files["checkpoint"])
     torch.save(split.train_x[:512].clone(), files["calib"])
     torch.save({"images": split.test_x.clone(), "labels": split.test_y.clone()}, files["heldout"])
@@ -139,6 +143,12 @@ def wait_all(client: httpx.Client, job_ids: list[str], timeout_s: float = 1200) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--files",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "l2-ui-screenshots-model",
+        help="where the trained model and data are kept between runs",
+    )
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
@@ -160,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         cwd=ROOT,
         check=True,
     )
-    files = prepare_files(folder)
+    files = prepare_files(args.files)
     procs = start(env, folder)
     base = f"http://127.0.0.1:{env['L2_API_PORT']}"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -173,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                 executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox", "--disable-dev-shm-usage"]
             )
             page = browser.new_page(viewport={"width": 1280, "height": 900}, base_url=base)
+            page.set_default_timeout(300_000)  # a busy 2-core machine serves the 4.8 MB plotly bundle slowly
             page.goto(f"/ui/jobs/{watched}")  # this tab sees the losses as they come
             wait_all(client, [*quick, watched])
             page.wait_for_selector("#results", timeout=60_000)  # the page reloads itself when the job ends

@@ -22,7 +22,8 @@ __all__ = ["mount"]
 
 
 def _wants_json(request: Request) -> bool:
-    return request.url.path.startswith("/ui/api/") or request.method != "GET"
+    """Scripts' endpoints answer JSON; pages and forms send a person to the login page."""
+    return request.url.path.startswith("/ui/api/")
 
 
 def mount(app: FastAPI) -> None:
@@ -40,6 +41,8 @@ def mount(app: FastAPI) -> None:
             detail = "sign in first: open /ui/login and enter your API key (your session is missing or expired)"
             return with_headers(request, JSONResponse({"detail": detail}, status_code=401))
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if request.method != "GET":  # a form posted after the session ended: start again from the jobs
+            target = "/ui"
         login = app.url_path_for("login_page")
         return RedirectResponse(f"{login}?next={quote(target, safe='/')}", status_code=303)
 

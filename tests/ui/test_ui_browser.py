@@ -27,6 +27,7 @@ def api(ui_stack, tenant) -> httpx.Client:
 
 def sign_in(browser, ui_stack, tenant):
     context = browser.new_context(base_url=ui_stack.base_url, accept_downloads=True)
+    context.set_default_timeout(120_000)  # generous: the 2-core CI machine is busy with the worker meanwhile
     page = context.new_page()
     page.goto("/ui")
     assert "/ui/login" in page.url, "an anonymous visit must land on the login page"
@@ -170,6 +171,7 @@ def test_cancel_a_running_job_from_its_page(browser, ui_stack, finished_job):
 
 def test_a_wrong_key_is_refused(browser, ui_stack):
     context = browser.new_context(base_url=ui_stack.base_url)
+    context.set_default_timeout(120_000)
     page = context.new_page()
     page.goto("/ui/login")
     page.fill("#api_key", ui_stack.a.key[:-4] + "xxxx")
