@@ -44,6 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument(
         "--json", action="store_true", help="print everything as one JSON object instead of tables"
     )
+    i.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip checking the payloads' CRC32s and the SHA-256 trailer (by default every byte is read once, "
+        "so a corrupted file fails here rather than when it is decoded)",
+    )
     i.set_defaults(handler=run_inspect)
 
 
@@ -88,20 +94,25 @@ def _save_atomic(state_dict: dict, output: Path, suffix: str) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from compression_core.coding import L2FormatError, read_manifest
+    from compression_core.coding import L2FormatError, read_manifest, verify_file
 
     try:
-        manifest = read_manifest(args.artifact)
+        manifest = read_manifest(args.artifact) if args.no_verify else verify_file(args.artifact)
     except (L2FormatError, OSError) as exc:
         print(f"l2 inspect: {args.artifact}: {exc}", file=sys.stderr)
         return 1
-    info = manifest.to_dict()
+    info = {**manifest.to_dict(), "verified": not args.no_verify}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     print(
         f"{args.artifact}: .l2 format version {info['version']}, coder {info['coder']}, "
         f"created {info['created']}"
+    )
+    print(
+        "  checksums: NOT verified (--no-verify); 'l2 inspect' without it checks every payload"
+        if args.no_verify
+        else "  checksums: every payload's CRC32 and the file's SHA-256 verified"
     )
     meta = {k: v for k, v in info["metadata"].items() if k not in ("layers", "created")}
     for key, value in meta.items():

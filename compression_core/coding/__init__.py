@@ -11,7 +11,7 @@ Every problem with a file raises `L2FormatError` (a `ValueError`); invalid recor
 
 from compression_core.coding.errors import L2FormatError
 from compression_core.coding.manifest import Manifest, TensorEntry
-from compression_core.coding.reader import decode_contents, load_l2, read_manifest
+from compression_core.coding.reader import decode_contents, load_l2, read_manifest, verify_file
 from compression_core.coding.writer import encode_l2, encoded_size, payload_sizes, write_l2
 
 __all__ = [
@@ -24,5 +24,6 @@ __all__ = [
     "load_l2",
     "payload_sizes",
     "read_manifest",
+    "verify_file",
     "write_l2",
 ]
