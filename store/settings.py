@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     )
     webhook_poll_interval_s: float = Field(0.2, gt=0, description="how often the dispatcher looks for work")
     webhook_concurrency: int = Field(32, ge=1, le=256, description="deliveries one dispatcher sends at once")
+    webhook_retention_days: float = Field(
+        30.0, gt=0, description="events, deliveries and their log are kept this long once settled"
+    )
     # -- worker liveness and recovery (issue 12) --
     worker_heartbeat_s: float = Field(
         5.0, gt=0, description="seconds between a worker's liveness reports; /readyz counts a worker alive for 3"

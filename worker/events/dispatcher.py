@@ -14,6 +14,8 @@ attempt is made by one dispatcher at a time.
   A delivery is not sent while an earlier delivery of the same job to the same endpoint is still pending:
   per-endpoint ordering by job. A dispatcher killed mid-request leaves the lease to expire; the next attempt
   carries the same ``webhook-id`` (at-least-once).
+* **Retention**: events older than ``webhook_retention_days`` go, with their deliveries and attempts, once
+  none of them is pending.
 * **Retries**: exponential backoff (``webhook_retry_base_s`` doubling up to ``webhook_retry_max_s``, ±25 %
   jitter) until ``webhook_retry_window_s`` (24 h) after the first attempt; then the delivery is ``failed`` and
   its endpoint marked ``failing`` (until its next success).
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import httpx
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import aliased
 
 from store.models import (
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 FAN_OUT_BATCH = 500
 LEASE_MARGIN_S = 5.0
 BATCH_WAIT_S = 0.005
+PRUNE_INTERVAL_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -420,11 +423,33 @@ class Dispatcher:
                 self.endpoint_in_flight.pop(item.endpoint_id, None)
         self.record(finished)
 
+    def prune(self) -> int:
+        """Delete events (with their deliveries and attempts) older than ``webhook_retention_days`` once
+        nothing about them is pending; returns how many."""
+        cutoff = utcnow() - timedelta(days=self.settings.webhook_retention_days)
+        pending = (
+            select(WebhookDelivery.id)
+            .where(WebhookDelivery.event_seq == OutboxEvent.seq, WebhookDelivery.status == "pending")
+            .exists()
+        )
+        with self.session_factory() as session:
+            deleted = session.execute(
+                delete(OutboxEvent).where(
+                    OutboxEvent.created_at < cutoff, OutboxEvent.dispatched_at.is_not(None), ~pending
+                )
+            ).rowcount
+            session.commit()
+        return deleted
+
     def run(self, stop: threading.Event) -> None:
         """Loop until ``stop`` is set; database trouble is logged and retried on the next round."""
         poll = self.settings.webhook_poll_interval_s
+        next_prune = 0.0
         while not stop.is_set():
             try:
+                if time.monotonic() >= next_prune:
+                    self.prune()
+                    next_prune = time.monotonic() + PRUNE_INTERVAL_S
                 # A round starts when an attempt finishes (its result is recorded at once) or every ``poll``
                 # seconds (new outbox events, retries coming due).
                 self.step(wait_s=poll)

@@ -320,3 +320,20 @@ def test_a_delivery_whose_dispatcher_died_mid_attempt_is_sent_again_with_the_sam
     with session_factory() as s:
         event_id = s.execute(select(OutboxEvent.id).where(OutboxEvent.job_id == job["id"])).scalar_one()
     assert receiver.received[0].id == event_id
+
+
+def test_settled_events_past_the_retention_are_pruned_with_their_log(
+    hook_client, tenant_a, receiver, dispatcher, session_factory, hook_settings
+):
+    endpoint = register(hook_client, tenant_a, receiver.url, events=["job.queued"])
+    submit_job(hook_client, tenant_a)
+    pump(dispatcher, lambda: _delivery(session_factory, endpoint["id"]).status == "succeeded", what="delivery")
+    assert dispatcher.prune() == 0  # younger than the retention
+    expired = Dispatcher(session_factory, hook_settings.model_copy(update={"webhook_retention_days": 1e-9}))
+    try:
+        assert expired.prune() == 1
+    finally:
+        expired.close()
+    with session_factory() as s:
+        assert s.execute(select(WebhookDelivery)).first() is None
+        assert s.execute(select(OutboxEvent)).first() is None
