@@ -148,7 +148,10 @@ def loss_series(points: list[JobLossPoint]) -> list[dict]:
 
 
 def request_body(job: Job) -> dict:
-    """The `POST /v1/jobs` body that submits this job again (what the client sent; library defaults stay out)."""
+    """The `POST /v1/jobs` body that submits this job again (what the client sent; library defaults stay out).
+    A preset is stored among the options (``options["preset"]``) and goes back to its own field."""
+    options = dict(job.options or {})
+    preset = options.pop("preset", None)
     body: dict[str, Any] = {
         "checkpoint_id": job.checkpoint_id,
         "dataset_id": job.dataset_id,
@@ -156,12 +159,10 @@ def request_body(job: Job) -> dict:
         "architecture": job.architecture,
         "arch_kwargs": job.arch_kwargs or None,
         "target_ratio": job.target_ratio,
-        "options": job.options or None,
+        "preset": preset,
+        "options": options or None,
         "device": job.device,
     }
-    preset = getattr(job, "preset", None)
-    if preset:
-        body["preset"] = preset
     return {k: v for k, v in body.items() if v is not None}
 
 
