@@ -19,7 +19,7 @@ row per run, labelled (``--label``; rerunning a label replaces its rows).
     .venv/bin/python bench/bench_polling.py --label after --api-workers 2
     git archive 5c4abe3 | tar -x -C /tmp/before
     .venv/bin/python bench/bench_polling.py --label before --root /tmp/before --commit 5c4abe3 \\
-        --worker-nice 0 --worker-threads 1
+        --worker-nice 0 --worker-threads 2 --plain-uvicorn
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ class Service:
         self.folder = folder
         self.root = Path(args.root).resolve()
         self.api_workers = args.api_workers
+        self.plain_uvicorn = args.plain_uvicorn
         self.data = folder / "data"
         self.data.mkdir()
         self.procs: list[subprocess.Popen] = []
@@ -131,6 +132,8 @@ class Service:
         api = [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app", "--host", "127.0.0.1"]
         api += ["--port", str(self.port), "--log-level", "warning", "--no-access-log"]
         api += ["--workers", str(self.api_workers)]
+        if self.plain_uvicorn:  # what the service ran on before uvloop and httptools were dependencies
+            api += ["--loop", "asyncio", "--http", "h11"]
         worker = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "cpu,gpu"]
         worker += ["--concurrency", "1", "-P", "prefork", "-l", "warning", "-n", f"bench-{secrets.token_hex(3)}@%h"]
         worker += ["--without-gossip", "--without-mingle"]
@@ -224,6 +227,7 @@ def measure(service: Service, job_id: str, interval_s: float, args, scenario: st
             "api_workers": args.api_workers,
             "worker_nice": args.worker_nice,
             "worker_threads": args.worker_threads,
+            "uvicorn": "asyncio + h11" if args.plain_uvicorn else "uvloop + httptools",
             "job_progress_before": round(before["progress"], 4),
             "job_progress_after": round(after["progress"], 4),
             "job_state_after": after["state"],
@@ -304,14 +308,15 @@ def write_results(runs: list[dict], args) -> None:
         f"Targets (issue 12): ≥ {TARGET_IDLE_RPS:.0f} req/s with the worker idle; p99 < {TARGET_P99_MS:.0f} ms "
         "for paced pollers while a job computes.",
         "",
-        "| label | backend | API processes | worker nice / torch threads | scenario | pollers | responses "
+        "| label | backend | API processes (server) | worker nice / torch threads | scenario | pollers | responses "
         "| errors | req/s | p50 ms | p90 ms | p99 ms | max ms | load avg | target met |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, block in labels.items():
         for r in block["runs"]:
             lines.append(
-                f"| {label} | {r['backend']} | {r['api_workers']} | {r['worker_nice']} / {r['worker_threads']} "
+                f"| {label} | {r['backend']} | {r['api_workers']} ({r.get('uvicorn', '')}) "
+                f"| {r['worker_nice']} / {r['worker_threads']} "
                 f"| {r['scenario']} | {r['mode']} | {r['requests']} | {sum(r['errors'].values())} "
                 f"| {r['throughput_rps']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['max_ms']} "
                 f"| {r['load_average']} | {verdict(r)} |"
@@ -348,6 +353,9 @@ def main() -> int:
     )
     parser.add_argument("--worker-threads", type=int, default=1, help="torch threads of the computing worker")
     parser.add_argument("--worker-nice", type=int, default=10, help="niceness of the computing worker")
+    parser.add_argument(
+        "--plain-uvicorn", action="store_true", help="asyncio loop and h11 parser (the service before uvloop)"
+    )
     args = parser.parse_args()
     backends = ("postgres", "embedded") if args.backend == "both" else (args.backend,)
     runs = []

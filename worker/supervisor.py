@@ -10,15 +10,12 @@ configuration does not spin; one that ran for a while is restarted at once.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable
-
-log = logging.getLogger(__name__)
 
 # A worker that ran at least this long before it died is restarted without a pause.
 HEALTHY_UPTIME_S = 60.0
@@ -97,7 +94,6 @@ class WorkerSupervisor:
                 pause = 0.0
             how = f"signal {-code}" if code < 0 else f"exit code {code}"
             self.say(f"l2: the worker (pid {self.proc.pid}) stopped ({how}) after {uptime:.0f} s; restarting it")
-            log.warning("worker pid %s stopped (%s); restarting", self.proc.pid, how)
             if pause and self._stopping.wait(pause):
                 return
             pause = min(MAX_PAUSE_S, max(1.0, pause * 2))
