@@ -207,3 +207,32 @@ def test_loss_points_reach_the_job_page_and_only_its_tenant(database):
     assert [p["seq"] for p in live["loss_points"]] == [p["seq"] for p in embedded[1:]]
     assert stranger.get(f"/ui/api/jobs/{job_id}/live").status_code == 404
     assert stranger.get(f"/ui/jobs/{job_id}").status_code == 404
+
+
+def test_reproduce_commands_send_the_same_request_again():
+    from api.ui.views import reproduce_commands
+    from store.models import Job
+
+    job = Job(
+        checkpoint_id="ck",
+        dataset_id="ds",
+        architecture="digits_cnn",
+        arch_kwargs={},
+        target_ratio=12.0,
+        options={"preset": "fast", "rounds": 1},
+        device="cpu",
+    )
+    commands = reproduce_commands(job, "http://127.0.0.1:8000/", auth_enabled=True)
+    sent = json.loads(re.search(r"-d '(.*)'", commands["curl"]).group(1))
+    assert sent == {
+        "checkpoint_id": "ck",
+        "dataset_id": "ds",
+        "architecture": "digits_cnn",
+        "target_ratio": 12.0,
+        "preset": "fast",
+        "options": {"rounds": 1},
+        "device": "cpu",
+    }
+    assert "Bearer $L2_API_KEY" in commands["curl"] and "http://127.0.0.1:8000/v1/jobs" in commands["curl"]
+    assert '"preset": "fast"' in commands["python"] and "L2_API_KEY" in commands["python"]
+    assert "Authorization" not in reproduce_commands(job, "http://h/", auth_enabled=False)["curl"]
