@@ -1,10 +1,10 @@
 """Screenshots of the web UI's four pages after real digits-CNN jobs: ``docs/ui/{jobs,new_job,job,compare}.png``.
 
-Starts the embedded stack as ``make serve`` does (SQLite database and broker, the API as a uvicorn process and one
-Celery worker, authentication off on 127.0.0.1, so the pages carry the banner that says so), trains the digits
-CNN, uploads it with its calibration and labelled held-out data, and submits a few jobs at different target
-ratios (one with a longer schedule whose page a headless chromium watches, so its loss curves are drawn). Then
-it photographs the pages at 1280 px wide.
+Runs ``l2 serve`` as ``make serve`` does (the embedded SQLite database and broker, the API and one Celery worker,
+authentication off on 127.0.0.1, so the pages carry the banner that says so), trains the digits CNN (kept for
+the next run), uploads it with its calibration and labelled held-out data, and submits a few jobs at different
+target ratios (one with a longer schedule, so its page has loss curves). Then headless chromium photographs the
+pages at 1280 px wide.
 
     .venv/bin/python scripts/ui_screenshots.py             # about 3-6 minutes on 2 cores
 """
@@ -37,48 +37,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(env: dict, logs: Path) -> list[subprocess.Popen]:
-    from worker.cli import worker_command
-
-    port = env["L2_API_PORT"]
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "api.app:create_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                port,
-                "--log-level",
-                "warning",
-            ],
-            env=env,
-            cwd=ROOT,
-            stdout=open(logs / "api.log", "ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        ),
-        subprocess.Popen(
-            worker_command(["cpu", "gpu"], hostname="screenshots@%h"),
-            env=env,
-            cwd=ROOT,
-            stdout=open(logs / "worker.log", "ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        ),
-    ]
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
+def serve(env: dict, logs: Path) -> subprocess.Popen:
+    """``l2 serve`` exactly as ``make serve`` runs it (API + one worker, schema migrated at start-up)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from compression_core.cli import main; sys.exit(main())", "serve"],
+        env=env,
+        cwd=ROOT,
+        stdout=open(logs / "serve.log", "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return procs
+            if httpx.get(f"http://127.0.0.1:{env['L2_API_PORT']}/readyz", timeout=2).status_code == 200:
+                return proc
         except httpx.TransportError:
-            time.sleep(0.3)
-    raise TimeoutError((logs / "api.log").read_text()[-2000:])
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("l2 serve did not become ready:\n" + (logs / "serve.log").read_text()[-3000:])
 
 
 def prepare_files(folder: Path) -> dict[str, Path]:
@@ -164,14 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             "PYTHONUNBUFFERED": "1",
         }
     )
-    subprocess.run(
-        [sys.executable, "-c", "import sys; from compression_core.cli import main; sys.exit(main())", "migrate"],
-        env=env,
-        cwd=ROOT,
-        check=True,
-    )
     files = prepare_files(args.files)
-    procs = start(env, folder)
+    server = serve(env, folder)
     base = f"http://127.0.0.1:{env['L2_API_PORT']}"
     args.out.mkdir(parents=True, exist_ok=True)
     try:
@@ -184,10 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             page = browser.new_page(viewport={"width": 1280, "height": 900}, base_url=base)
             page.set_default_timeout(300_000)  # a busy 2-core machine serves the 4.8 MB plotly bundle slowly
-            page.goto(f"/ui/jobs/{watched}")  # this tab sees the losses as they come
             wait_all(client, [*quick, watched])
-            page.wait_for_selector("#results", timeout=60_000)  # the page reloads itself when the job ends
-            page.wait_for_timeout(1500)
+            page.goto(f"/ui/jobs/{watched}")
+            page.wait_for_selector("#chart-bits .trace.bars .point")
             page.screenshot(path=str(args.out / "job.png"), full_page=True)
             page.goto("/ui")
             page.screenshot(path=str(args.out / "jobs.png"), full_page=True)
@@ -199,10 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             page.screenshot(path=str(args.out / "compare.png"), full_page=True)
             browser.close()
     finally:
-        for proc in procs:
-            os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            proc.wait(timeout=60)
+        os.killpg(server.pid, signal.SIGTERM)  # l2 serve stops its worker too
+        server.wait(timeout=120)
     print(f"wrote {', '.join(sorted(p.name for p in args.out.glob('*.png')))} to {args.out}")
     return 0
 
