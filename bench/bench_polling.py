@@ -170,14 +170,25 @@ class Service:
 
 
 # -- the job ----
-def upload(base_url: str, folder: Path) -> dict:
+DIGITS_CACHE = Path(tempfile.gettempdir()) / "l2-bench-digits"
+
+
+def digits_files() -> Path:
+    """The digits CNN's state_dict and calibration tensors, trained once per machine (minutes on busy cores)."""
     import torch
 
     from compression_core import zoo
 
-    model, split = zoo.train_digits_cnn(seed=0, epochs=3)
-    torch.save(model.state_dict(), folder / "digits_cnn.pt")
-    torch.save(split.train_x[:256].clone(), folder / "calibration.pt")
+    if not (DIGITS_CACHE / "calibration.pt").exists():
+        DIGITS_CACHE.mkdir(parents=True, exist_ok=True)
+        model, split = zoo.train_digits_cnn(seed=0, epochs=3)
+        torch.save(model.state_dict(), DIGITS_CACHE / "digits_cnn.pt")
+        torch.save(split.train_x[:256].clone(), DIGITS_CACHE / "calibration.pt")
+    return DIGITS_CACHE
+
+
+def upload(base_url: str) -> dict:
+    folder = digits_files()
     with httpx.Client(base_url=base_url, timeout=60) as client:
         ckpt = client.post(
             "/v1/checkpoints", params={"filename": "digits_cnn.pt"}, content=(folder / "digits_cnn.pt").read_bytes()
@@ -244,7 +255,7 @@ def run_backend(backend: str, args) -> list[dict]:
         service = Service(backend, Path(tmp), args)
         try:
             service.start()
-            ids = upload(service.base_url, Path(tmp))
+            ids = upload(service.base_url)
             # 1. The worker idle: the pollers read a tiny job that has finished.
             done = submit(service.base_url, ids, TINY_JOB)
             wait_until(service.base_url, done, lambda j: j["state"] in ("succeeded", "failed", "canceled"))
@@ -255,6 +266,9 @@ def run_backend(backend: str, args) -> list[dict]:
             for interval in args.intervals:
                 runs.append(measure(service, job_id, interval, args, "job computing"))
             httpx.post(f"{service.base_url}/v1/jobs/{job_id}/cancel", timeout=60)
+        except Exception:
+            print((Path(tmp) / "service.log").read_text(errors="replace")[-4000:], file=sys.stderr)
+            raise
         finally:
             service.stop()
     return runs
