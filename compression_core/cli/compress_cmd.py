@@ -85,6 +85,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--per-channel", action="store_true", help="learn transform parameters per output channel")
+    p.add_argument(
+        "--output-keys",
+        nargs="+",
+        metavar="KEY",
+        help="named outputs the distillation distance compares (e.g. last_hidden_state); default: every output",
+    )
     p.add_argument("--options", default="{}", help="JSON of further CompressionConfig fields")
     for name, kind in _OPTION_FLAGS.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind, help=f"CompressionConfig.{name}")
@@ -99,6 +105,8 @@ def _config(args: argparse.Namespace) -> CompressionConfig:
     values.update({k: getattr(args, k) for k in _OPTION_FLAGS if getattr(args, k) is not None})
     if args.per_channel:
         values["per_channel"] = True
+    if args.output_keys:
+        values["output_keys"] = args.output_keys
     return CompressionConfig.from_dict(values)
 
 

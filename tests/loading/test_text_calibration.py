@@ -149,7 +149,8 @@ def test_cli_compresses_from_a_text_file_and_a_tokenizer_folder(tmp_path, senten
     common = ["compress", str(tmp_path / "bert.pt"), "--arch", registered, "--calibration", str(sentences)]
     code = main(
         [*common, "--tokenizer", str(tokenizer_dir), "--max-length", "16", "--target-ratio", "4", "--rounds", "1"]
-        + ["--transform-iters", "2", "--weight-iters", "2", "--batch-size", "4", "-o", str(out)]
+        + ["--transform-iters", "2", "--weight-iters", "2", "--batch-size", "4", "--output-keys", "last_hidden_state"]
+        + ["-o", str(out)]
     )
     assert code == 0
     decoded = load_l2(out)
@@ -165,3 +166,16 @@ def test_cli_reports_a_missing_tokenizer_folder_in_one_line(tmp_path, sentences,
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.startswith("l2 compress: tokenizer folder") and "does not exist" in err and "\n" not in err
+
+
+def test_cli_names_the_outputs_that_exist_when_output_keys_is_wrong(
+    tmp_path, sentences, tokenizer_dir, registered, capsys
+):
+    torch.save(tiny_bert().state_dict(), tmp_path / "bert.pt")
+    code = main(
+        ["compress", str(tmp_path / "bert.pt"), "--arch", registered, "--calibration", str(sentences)]
+        + ["--tokenizer", str(tokenizer_dir), "--target-ratio", "4", "--output-keys", "logits"]
+    )
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert code == 2 and last.startswith("l2 compress: the model returns no output named 'logits'")
+    assert "last_hidden_state" in last
