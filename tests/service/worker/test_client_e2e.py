@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -23,6 +24,28 @@ from worker_stack import L2_MAIN, ROOT, free_port, make_stack, needs_coding
 from l2_client import Client, Conflict
 
 QUICK = {"rounds": 0}  # the initial allocation only: the pipeline end to end in seconds
+
+
+@dataclass
+class TinyFiles:
+    checkpoint: Path
+    calibration: Path
+
+
+@pytest.fixture(scope="module")
+def tiny_digits(tmp_path_factory) -> TinyFiles:
+    """The digits CNN with seeded initial weights (what the client moves does not need a trained model, and
+    training would cost these tests tens of CPU seconds) and 64 calibration inputs."""
+    import torch
+
+    from compression_core.zoo import DigitsCNN
+
+    folder = tmp_path_factory.mktemp("tiny-digits")
+    torch.manual_seed(0)
+    files = TinyFiles(folder / "digits_cnn.pt", folder / "calibration.pt")
+    torch.save(DigitsCNN().state_dict(), files.checkpoint)
+    torch.save(torch.rand(64, 1, 8, 8), files.calibration)
+    return files
 
 
 def sha256_file(path: Path) -> str:
@@ -83,17 +106,17 @@ def compress_and_download(client: Client, files, data_dir: Path, out: Path) -> N
 
 
 @needs_coding
-def test_submit_wait_download_against_l2_serve(l2_serve, digits_files, tmp_path):
+def test_submit_wait_download_against_l2_serve(l2_serve, tiny_digits, tmp_path):
     with Client(l2_serve.base_url) as client:
-        compress_and_download(client, digits_files, l2_serve.data_dir, tmp_path / "digits.l2")
+        compress_and_download(client, tiny_digits, l2_serve.data_dir, tmp_path / "digits.l2")
 
 
 @needs_coding
-def test_submit_wait_download_against_postgres_and_redis(pg_redis_stack, digits_files, tmp_path):
+def test_submit_wait_download_against_postgres_and_redis(pg_redis_stack, tiny_digits, tmp_path):
     pg_redis_stack.start_worker("client-e2e")
     try:
         with Client(pg_redis_stack.base_url) as client:
-            compress_and_download(client, digits_files, pg_redis_stack.data_dir, tmp_path / "digits.l2")
+            compress_and_download(client, tiny_digits, pg_redis_stack.data_dir, tmp_path / "digits.l2")
     finally:
         pg_redis_stack.stop_workers()
 
@@ -173,11 +196,11 @@ def readme_example(path: str) -> str:
 
 
 @needs_coding
-def test_the_readme_examples_run_against_l2_serve(l2_serve, digits_files, tmp_path):
+def test_the_readme_examples_run_against_l2_serve(l2_serve, tiny_digits, tmp_path):
     import shutil
 
-    shutil.copy(digits_files.checkpoint, tmp_path / "digits_cnn.pt")
-    shutil.copy(digits_files.calibration, tmp_path / "calib.pt")
+    shutil.copy(tiny_digits.checkpoint, tmp_path / "digits_cnn.pt")
+    shutil.copy(tiny_digits.calibration, tmp_path / "calib.pt")
     env = {k: v for k, v in os.environ.items() if not k.startswith("L2_")}
     env.update({"L2_URL": l2_serve.base_url, "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"})
     python = subprocess.run(
