@@ -23,6 +23,7 @@ from worker_stack import L2_MAIN, ROOT, free_port, make_stack, needs_coding
 
 from l2_client import Client, Conflict
 
+pytestmark = [pytest.mark.service]  # real servers and worker processes (make test-fast leaves them out)
 QUICK = {"rounds": 0}  # the initial allocation only: the pipeline end to end in seconds
 
 
