@@ -296,6 +296,13 @@ def _run_api(args: argparse.Namespace, settings, demo_result: dict) -> None:
             except Exception as exc:  # the service keeps running; say what went wrong
                 print(f"demo failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
                 demo_result["rc"] = 1
+            if not args.exit_after_demo:
+                print(
+                    f"[demo] the demo is over; the service keeps running on http://{_client_host(args.host)}:"
+                    f"{args.port} (Ctrl+C or 'kill -TERM {os.getpid()}' stops it; 'l2 serve --demo "
+                    "--exit-after-demo' stops by itself after the demo)",
+                    flush=True,
+                )
             if args.exit_after_demo:
                 if server is not None:
                     server.should_exit = True

@@ -9,6 +9,7 @@ prints the true ratio (measured file bytes) and the accuracy before and after.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -87,6 +88,10 @@ def run_demo(
     poll_s: float = 1.0,
     timeout_s: float = 1800.0,
 ) -> int:
+    # One line per poll from httpx and from uvicorn's access log would bury the demo's own lines; both are
+    # quiet from here on (errors still show).
+    for name in ("httpx", "uvicorn.access"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     headers = {}
     key = api_key_for_demo(settings)
     if key:

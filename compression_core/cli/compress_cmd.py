@@ -10,20 +10,32 @@ from pathlib import Path
 
 from compression_core.config import CompressionConfig
 
+# Optimizer options with a flag of their own: (type, what it does). Defaults are CompressionConfig's.
 _OPTION_FLAGS = {
-    "rounds": int,
-    "transform_iters": int,
-    "weight_iters": int,
-    "batch_size": int,
-    "transform": str,
-    "kernel": str,
-    "resolution": float,
-    "rate_weight": float,
-    "transform_lr": float,
-    "weight_lr": float,
-    "seed": int,
-    "holdout_fraction": float,
+    "rounds": (int, "alternations of a transform phase and a weight phase"),
+    "transform_iters": (int, "iterations of each transform phase (transform parameters + rate term)"),
+    "weight_iters": (int, "iterations of each weight phase (latent weights + rate term)"),
+    "batch_size": (int, "calibration samples per iteration"),
+    "transform": (str, "transform of weight tensors: prune_quant, linear, log or exp"),
+    "kernel": (str, "soft-histogram kernel of the entropy counter: cosine, linear or triangle"),
+    "resolution": (float, "sharpness of the soft histogram (higher: closer to the hard count, noisier)"),
+    "rate_weight": (float, "λ of the rate hinge λ·ReLU(S − B)/B"),
+    "transform_lr": (float, "learning rate of the transform parameters"),
+    "weight_lr": (float, "learning rate of the latent weights, relative to each tensor's RMS"),
+    "seed": (int, "random seed (sample order, held-out split)"),
+    "holdout_fraction": (float, "share of calibration samples kept out of the optimization to report accuracy"),
 }
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows an option's default once, and only when it has one (ArgumentDefaultsHelpFormatter printed
+    '(default: None)' after required options and a second default after help that already named one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, argparse.SUPPRESS, False) or action.required or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Example: l2 compress model.pt --arch resnet18 --arch-kwargs '{\"num_classes\": 10}' "
             "--calibration images.tar.gz --image-size 224 --target-ratio 10 -o model.l2"
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument(
         "checkpoint",
@@ -47,7 +59,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "-o", "--output", type=Path, help="where to write the .l2 file (default: CHECKPOINT with suffix .l2)"
     )
     p.add_argument(
-        "--target-ratio", type=float, required=True, help="wanted true ratio: fp32 bytes / .l2 file bytes"
+        "--target-ratio",
+        type=float,
+        required=True,
+        help="wanted true ratio: fp32 bytes / .l2 file bytes; from about 2 up (a lower target is refused, "
+        "naming the model's lowest reachable ratio)",
     )
     p.add_argument(
         "--arch",
@@ -92,8 +108,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="named outputs the distillation distance compares (e.g. last_hidden_state); default: every output",
     )
     p.add_argument("--options", default="{}", help="JSON of further CompressionConfig fields")
-    for name, kind in _OPTION_FLAGS.items():
-        p.add_argument("--" + name.replace("_", "-"), type=kind, help=f"CompressionConfig.{name}")
+    defaults = CompressionConfig()
+    for name, (kind, text) in _OPTION_FLAGS.items():
+        p.add_argument(
+            "--" + name.replace("_", "-"), type=kind, help=f"{text} (default: {getattr(defaults, name)})"
+        )
     p.add_argument(
         "--json", action="store_true", help="print the per-layer report as JSON instead of a table"
     )

@@ -101,3 +101,14 @@ def test_an_error_reaching_the_entry_point_is_one_line_and_verbose_shows_the_tra
     assert err.startswith("l2 decompress: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     with pytest.raises(OSError):
         main(["-v", "decompress", str(artifact), str(out)])
+
+
+def test_compress_help_names_each_default_once_and_explains_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["compress", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in out and "CompressionConfig." not in out
+    assert out.count("(default:") == out.count("(default: ")  # well-formed
+    assert "calibration samples per iteration (default: 32)" in out
+    for option in out.split(" --")[1:]:
+        assert option.count("(default") <= 1, option
