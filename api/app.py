@@ -69,6 +69,19 @@ def _method_not_allowed(request: Request) -> JSONResponse:
     )
 
 
+def _unparsable_body(request: Request) -> JSONResponse:
+    """FastAPI answers a body it cannot decode at all (not UTF-8, a broken form) with a bare, undocumented 400;
+    like any other malformed body it is a 422 saying what to send."""
+    detail = (
+        f"the body could not be parsed as {request.headers.get('content-type') or 'the declared type'}; "
+        "send UTF-8 JSON with 'Content-Type: application/json'"
+    )
+    return JSONResponse(
+        {"detail": detail, "errors": [{"loc": ["body"], "msg": detail, "type": "body_unparsable"}]},
+        status_code=422,
+    )
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -108,6 +121,8 @@ def create_app(
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 405:
             return _method_not_allowed(request)
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            return _unparsable_body(request)
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)

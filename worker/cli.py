@@ -37,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     w.add_argument("--concurrency", "-c", type=int, default=1, help="jobs run at once (default 1)")
     w.add_argument("--hostname", "-n", default=None, help="Celery node name (default l2-<queues>@<host>)")
-    w.add_argument("--loglevel", "-l", default="info")
+    w.add_argument(
+        "--loglevel", "-l", default="info", help="Celery log level: debug, info, warning or error (default info)"
+    )
     w.add_argument(
         "--max-tasks-per-child",
         type=int,
@@ -49,11 +51,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = subparsers.add_parser(
         "serve",
         help="run the API and a worker (embedded default: SQLite + local folder, no servers needed)",
-        description=__doc__.split("\n\n", 1)[1],
+        description="Run the service. With nothing configured this is the embedded default: SQLite database and "
+        "SQLite message broker under L2_DATA_DIR, the API on 127.0.0.1 with authentication off, and one worker "
+        "process consuming both queues (the same task code as production, only the servers differ). Set "
+        "L2_DATABASE_URL / L2_BROKER_URL to use PostgreSQL / Redis instead. --demo also trains a tiny model and "
+        "compresses it through the API. Ctrl+C or SIGTERM stops the API and its worker.",
     )
     s.add_argument("--host", default=None, help="address to listen on (default L2_API_HOST, 127.0.0.1)")
     s.add_argument("--port", type=int, default=None, help="port (default L2_API_PORT, 8000)")
-    s.add_argument("--queues", "-Q", default=",".join(QUEUES), help="queues the embedded worker consumes")
+    s.add_argument(
+        "--queues",
+        "-Q",
+        default=",".join(QUEUES),
+        help=f"queues the embedded worker consumes (default {','.join(QUEUES)})",
+    )
     s.add_argument("--no-worker", action="store_true", help="run only the API (workers run elsewhere)")
     s.add_argument(
         "--api-workers",

@@ -43,7 +43,7 @@ async def upload_checkpoint(
             "(.pt, .pth, .safetensors, .pt2, ...)",
         ),
     ],
-    content_length: Annotated[str | None, Header()] = None,
+    content_length: Annotated[str | None, Header(include_in_schema=False)] = None,  # set by the HTTP client
 ):
     check_declared_length(content_length, ctx.settings.max_upload_bytes)
     row = await service.upload(ctx, caller, request.stream(), filename)

@@ -64,7 +64,7 @@ async def upload_dataset(
         str | None,
         Query(description='calibration settings as JSON, e.g. {"kind":"images","resize":256,"crop":224}'),
     ] = None,
-    content_length: Annotated[str | None, Header()] = None,
+    content_length: Annotated[str | None, Header(include_in_schema=False)] = None,  # set by the HTTP client
 ):
     parsed = service.parse_spec(spec)
     check_declared_length(content_length, ctx.settings.max_upload_bytes)

@@ -19,7 +19,13 @@ from api.schemas import ERROR_RESPONSES, Message, UploadPublic
 from api.services import resumable as service
 from store.models import ResumableUpload
 
-router = APIRouter(prefix="/v1/uploads", tags=["uploads"], responses=ERROR_RESPONSES)
+# tus answers 412 to a request without 'Tus-Resumable: 1.0.0' on every route that requires it (documented here
+# once, so the OpenAPI schema lists it wherever it can occur).
+router = APIRouter(
+    prefix="/v1/uploads",
+    tags=["uploads"],
+    responses={**ERROR_RESPONSES, 412: {"model": Message, "description": "Tus-Resumable missing or not 1.0.0"}},
+)
 
 TusVersion = Annotated[str | None, Header(description=f"must be {service.TUS_VERSION}")]
 

@@ -121,8 +121,17 @@ def test_a_target_ratio_no_model_can_reach_is_422_naming_the_lowest_reachable_ra
 
 
 def test_the_apis_lowest_target_is_the_ratio_every_model_reaches():
+    from api.schemas import MIN_TARGET_RATIO
     from compression_core.recon.budget import MIN_REACHABLE_RATIO
 
-    from api.schemas import MIN_TARGET_RATIO
-
     assert MIN_TARGET_RATIO == MIN_REACHABLE_RATIO
+
+
+def test_a_body_that_cannot_be_decoded_is_422_with_errors_not_a_bare_400(client, tenant_a):
+    r = client.put(
+        "/v1/mlflow",
+        content=b"\x15\xff`\xfe$\x14\x14\x00r",
+        headers={**tenant_a.headers, "Content-Type": "application/json"},
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["loc"] == ["body"] and "JSON" in r.json()["detail"]
