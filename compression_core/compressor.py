@@ -145,7 +145,7 @@ def compress(
     if config.allocation == "sensitivity" and weights:
         sensitivity = weight_sensitivity(
             work, list(weights), train_inputs, config.batch_size, device, config.seed,
-            per_channel=config.per_channel,
+            batches=config.sensitivity_batches, per_channel=config.per_channel,
         )
         vector_bits = VECTOR_BITS * sum(v.numel() for v in vectors.values())
         init_side += 4 * _transform_floats(plans, work_sd, config.per_channel)

@@ -47,6 +47,7 @@ class CompressionConfig:
     allocation: str = "sensitivity"
     rounding: str = "gptq"
     gptq_samples: int = 128
+    sensitivity_batches: int = 4
     feature_modules: tuple[str, ...] = ()
     feature_weight: float = 1.0
     bn_recalibration: bool = True
@@ -83,6 +84,7 @@ class CompressionConfig:
         need(self.allocation in ALLOCATIONS, "allocation", f"one of {ALLOCATIONS}")
         need(self.rounding in ROUNDINGS, "rounding", f"one of {ROUNDINGS}")
         need(self.gptq_samples >= 1, "gptq_samples", "must be ≥ 1")
+        need(self.sensitivity_batches >= 1, "sensitivity_batches", "must be ≥ 1")
         need(0.0 <= self.holdout_fraction < 1.0, "holdout_fraction", "must be in [0, 1)")
         need(self.min_coded_numel >= 1, "min_coded_numel", "must be ≥ 1")
         need(0.0 < self.ratio_tolerance < 0.5, "ratio_tolerance", "must be in (0, 0.5)")

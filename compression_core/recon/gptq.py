@@ -105,7 +105,11 @@ def gptq_round(
     a column of every output channel, shape (C_out,), to its dequantized levels."""
     groups, k = hessian.shape[0], hessian.shape[1]
     c_out = weight.shape[0]
-    w = weight.detach().float().reshape(groups, c_out // groups, k).clone()
+    rows = c_out // groups
+    # Columns with the most input energy first ("act order"): their errors get the most columns to absorb them.
+    order = torch.argsort(torch.diagonal(hessian, dim1=1, dim2=2), dim=1, descending=True)
+    hessian = hessian.gather(1, order[:, :, None].expand(-1, -1, k)).gather(2, order[:, None, :].expand(-1, k, -1))
+    w = weight.detach().float().reshape(groups, rows, k).gather(2, order[:, None, :].expand(-1, rows, -1))
     u = _inverse_cholesky(hessian)  # (G, K, K), upper
     q = torch.empty_like(w)
     for b0 in range(0, k, _BLOCK):
@@ -122,7 +126,7 @@ def gptq_round(
             err[:, :, j] = e
         if b1 < k:
             w[:, :, b1:] -= torch.bmm(err, u[:, b0:b1, b1:])
-    return q.reshape(weight.shape)
+    return torch.empty_like(q).scatter_(2, order[:, None, :].expand(-1, rows, -1), q).reshape(weight.shape)
 
 
 def column_quantizer(transform: Transform) -> Callable[[torch.Tensor], torch.Tensor]:
