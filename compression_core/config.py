@@ -37,11 +37,11 @@ class CompressionConfig:
 
     transform: str = "prune_quant"
     transform_overrides: tuple[tuple[str, str], ...] = ()
-    per_channel: bool = True
+    per_channel: bool = False
     kernel: str = "cosine"
     resolution: float = 64.0
     rounds: int = 1
-    transform_iters: int = 100
+    transform_iters: int = 60
     weight_iters: int = 0
     batch_size: int = 32
     transform_lr: float = 1e-3
@@ -50,7 +50,7 @@ class CompressionConfig:
     allocation: str = "sensitivity"
     rounding: str = "gptq"
     gptq_samples: int = 128
-    sensitivity_batches: int = 4
+    sensitivity_batches: int = 16
     feature_modules: tuple[str, ...] = ()
     feature_weight: float = 1.0
     output_keys: tuple[str, ...] = ()
