@@ -28,11 +28,12 @@ L2 = "L²"
 NNCODEC_PREFIX = "NNCodec"
 
 
-def _points(runs: list[dict], panel: str, metric: str, method_prefix: str) -> list[dict]:
+def _points(runs: list[dict], panel: str, metric: str, method_prefix: str, exact: bool = False) -> list[dict]:
     pts = [
         {"ratio": r["ratio"], "score": r["scores"][panel][metric], "setting": r["setting"]}
         for r in runs
-        if r["method"].startswith(method_prefix) and panel in r.get("scores", {})
+        if (r["method"] == method_prefix if exact else r["method"].startswith(method_prefix))
+        and panel in r.get("scores", {})
     ]
     return sorted(pts, key=lambda p: p["ratio"])
 
@@ -86,7 +87,7 @@ def compare_with_nncodec(report: dict) -> list[dict]:
 
 
 def _compare_panel(subject: str, panel: str, metric: str, runs: list[dict], secondary: bool) -> dict | None:
-    l2 = _points(runs, panel, metric, L2)
+    l2 = _points(runs, panel, metric, L2, exact=True)  # the profile's own L² rows, not the extra variants
     nnc = _points(runs, panel, metric, NNCODEC_PREFIX)
     fp32 = next((r["scores"][panel][metric] for r in runs if r["method"] == "fp32"), None)
     if not l2 or not nnc or fp32 is None:

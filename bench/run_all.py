@@ -35,7 +35,7 @@ from bench.compare import compare_with_nncodec, render_markdown, render_plot  # 
 from compression_core.config import CompressionConfig  # noqa: E402
 
 log = logging.getLogger("bench")
-RATIOS = (5.0, 10.0, 15.0, 20.0, 25.0)
+RATIOS = (5.0, 8.0, 10.0, 15.0, 20.0, 25.0)
 NNCODEC_QPS = (-38, -34, -30, -26, -22, -18, -14, -10)
 
 # Settings per profile. "cpu" is the default and must stay well under an hour on 2 shared cores.
@@ -62,11 +62,9 @@ PROFILES: dict[str, dict] = {
             },
         },
         "l2": {
-            "digits_cnn": dict(rounds=3, transform_iters=100, weight_iters=100, batch_size=32),
-            "mnist_cnn": dict(rounds=3, transform_iters=60, weight_iters=60, batch_size=32),
-            "efficientnet_lite0": dict(
-                rounds=2, transform_iters=30, weight_iters=30, batch_size=8, holdout_fraction=0.1
-            ),
+            "digits_cnn": dict(preset="balanced", batch_size=32),
+            "mnist_cnn": dict(preset="balanced", batch_size=32),
+            "efficientnet_lite0": dict(preset="balanced", batch_size=8, holdout_fraction=0.1),
         },
         "ratios": RATIOS,
         "rtn_bits": (8, 6, 4),
@@ -89,11 +87,9 @@ PROFILES: dict[str, dict] = {
             },
         },
         "l2": {
-            "digits_cnn": dict(rounds=3, transform_iters=200, weight_iters=200, batch_size=32),
-            "mnist_cnn": dict(rounds=3, transform_iters=150, weight_iters=150, batch_size=64),
-            "efficientnet_lite0": dict(
-                rounds=3, transform_iters=150, weight_iters=150, batch_size=16, holdout_fraction=0.1
-            ),
+            "digits_cnn": dict(preset="paper", batch_size=32),
+            "mnist_cnn": dict(preset="paper", batch_size=64),
+            "efficientnet_lite0": dict(preset="paper", batch_size=16, holdout_fraction=0.1),
         },
         "ratios": RATIOS,
         "rtn_bits": (8, 6, 4),
@@ -116,12 +112,28 @@ def evaluate_run(subject: bench_models.Subject, run: peers.MethodRun, device: to
     run.state_dict = None  # free memory: only the scores are kept
 
 
+# Extra L² rows beside the profile's own configuration (which is the "L²" curve the comparison uses):
+# presets by name, the initial allocation alone, and a peer that learns nothing at all.
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "rounds0": ("L² (initial allocation only, --rounds 0)", {"rounds": 0, "rounding": "nearest"}),
+    "fast": ("L² (preset fast)", {"preset": "fast"}),
+    "balanced": ("L² (preset balanced)", {"preset": "balanced"}),
+    "paper": ("L² (preset paper)", {"preset": "paper"}),
+    "uniform": (
+        "Global uniform step + range coder (no learning)",
+        {"allocation": "equal_step", "per_channel": False, "rounds": 0, "rounding": "nearest",
+         "bn_recalibration": False},
+    ),
+}
+
+
 def run_l2(
     subject: bench_models.Subject,
     target: float,
     config: CompressionConfig,
     device: torch.device,
     workdir: Path,
+    method: str = "L²",
 ) -> peers.MethodRun:
     from compression_core import compress
     from compression_core.coding import load_l2
@@ -136,7 +148,8 @@ def run_l2(
     t2 = time.perf_counter()
     mismatched = [k for k in result.state_dict if not torch.equal(result.state_dict[k], decoded[k])]
     run = peers.MethodRun(
-        "L²", f"target {target:g}×", summary.file_bytes, peers.fp32_bytes(sd), t1 - t0, t2 - t1, dict(decoded)
+        method, f"target {target:g}×", summary.file_bytes, peers.fp32_bytes(sd), t1 - t0, t2 - t1,
+        dict(decoded)
     )
     run.extra.update(
         {
@@ -144,6 +157,7 @@ def run_l2(
             "compress_reported_ratio": summary.true_ratio,
             "decoded_equals_result": not mismatched,
             "holdout": result.evaluation,
+            "selection": result.evaluation.get("selection"),
         }
     )
     return run
@@ -165,7 +179,9 @@ def _log_run(subject: str, run: peers.MethodRun) -> None:
     )
 
 
-def bench_subject(name: str, profile: dict, device: torch.device, workdir: Path, use_nncodec: bool) -> dict:
+def bench_subject(
+    name: str, profile: dict, device: torch.device, workdir: Path, use_nncodec: bool, variants: tuple[str, ...] = ()
+) -> dict:
     t_load = time.perf_counter()
     subject = bench_models.SUBJECTS[name](**profile["subjects"][name])
     subject.model = subject.model.float().eval()
@@ -204,17 +220,21 @@ def bench_subject(name: str, profile: dict, device: torch.device, workdir: Path,
         qps = profile.get("qps") or profile.get("subject_qps", {}).get(name, NNCODEC_QPS)
         for run in peers.run_nncodec(sd, list(qps), workdir):
             add(run)
-    config = CompressionConfig(**profile["l2"][name])
-    for target in profile["ratios"]:
-        try:
-            add(run_l2(subject, target, config, device, workdir))
-        except Exception as exc:  # keep the other points; the report shows the failure
-            log.exception("%s: L² at %g× failed", name, target)
-            runs.append(
-                peers.MethodRun(
-                    "L²", f"target {target:g}× FAILED: {exc}", 1, 1, 0.0, 0.0, extra={"error": repr(exc)}
+    config = CompressionConfig.from_dict(profile["l2"][name])
+    configs = [("L²", config)] + [
+        (VARIANTS[v][0], CompressionConfig.from_dict({**profile["l2"][name], **VARIANTS[v][1]})) for v in variants
+    ]
+    for method, method_config in configs:
+        for target in profile["ratios"]:
+            try:
+                add(run_l2(subject, target, method_config, device, workdir, method))
+            except Exception as exc:  # keep the other points; the report shows the failure
+                log.exception("%s: %s at %g× failed", name, method, target)
+                runs.append(
+                    peers.MethodRun(
+                        method, f"target {target:g}× FAILED: {exc}", 1, 1, 0.0, 0.0, extra={"error": repr(exc)}
+                    )
                 )
-            )
     return {
         "description": subject.description,
         "notes": subject.notes,
@@ -243,6 +263,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--plot", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--only-l2", action="store_true", help="skip zstd, RTN and NNCodec (fp32 + L² only)")
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        choices=sorted(VARIANTS),
+        help="extra L² rows beside the profile's configuration: presets, rounds0 (initial allocation only), "
+        "uniform (a global uniform step, no learning: a peer)",
+    )
     parser.add_argument(
         "--l2-option",
         action="append",
@@ -315,7 +343,9 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="l2bench-") as tmp:
         for name in names:
             t0 = time.perf_counter()
-            report["subjects"][name] = bench_subject(name, profile, device, Path(tmp), use_nncodec)
+            report["subjects"][name] = bench_subject(
+                name, profile, device, Path(tmp), use_nncodec, tuple(args.variants)
+            )
             report["subjects"][name]["seconds"] = round(time.perf_counter() - t0, 1)
             _write(report, args.out, started, plot=False)  # partial results survive a later failure
     return _write(report, args.out, started, plot=args.plot)

@@ -28,7 +28,7 @@ from compression_core.model_io import (
     to_device,
 )
 from compression_core.progress import CancelCheck, ProgressCallback
-from compression_core.recon.allocation import initial_bits
+from compression_core.recon.allocation import VECTOR_BITS, initial_bits, sensitivity_steps
 from compression_core.recon.batchnorm import has_batchnorm, recalibrate_batchnorm
 from compression_core.recon.budget import (
     MAX_BITS_PER_WEIGHT,
@@ -36,7 +36,8 @@ from compression_core.recon.budget import (
     UnreachableTargetError,
     measure_file_bytes,
 )
-from compression_core.recon.finalize import build_contents, dtype_name, fit_target
+from compression_core.recon.finalize import build_contents, dtype_name, fit_target, replace_stored
+from compression_core.recon.gptq import GptqRounder
 from compression_core.recon.losses import distillation_distance
 from compression_core.recon.schedule import Reporter, run_schedule
 from compression_core.recon.sensitivity import weight_sensitivity
@@ -159,16 +160,22 @@ def compress(
     coded = [p for p in plans if p.kind is not None]
     vectors = {p.name: work_sd[p.name] for p in coded if p.kind == "linear" and work_sd[p.name].dim() < 2}
     weights = {p.name: work_sd[p.name] for p in coded if p.name not in vectors}
-    sensitivity = None
+    start_steps = None
     if config.allocation == "sensitivity" and weights:
         sensitivity = weight_sensitivity(
             work, list(weights), train_inputs, config.batch_size, device, config.seed,
-            output_keys=config.output_keys,
+            batches=config.sensitivity_batches, per_channel=config.per_channel, output_keys=config.output_keys,
         )
-    start_bits = initial_bits(
-        weights, vectors, budget.payload_bits(init_side), config.allocation, _MIN_INIT_BITS, sensitivity
-    )
-    state = QuantizedState({k: work_sd[k] for k in original_sd}, plans, config, start_bits).to(device)
+        vector_bits = VECTOR_BITS * sum(v.numel() for v in vectors.values())
+        init_side += 4 * _transform_floats(plans, work_sd, config.per_channel)
+        start_steps, start_bits = sensitivity_steps(weights, budget.payload_bits(init_side) - vector_bits,
+                                                    sensitivity)
+        start_bits.update(dict.fromkeys(vectors, VECTOR_BITS))
+    else:
+        start_bits = initial_bits(weights, vectors, budget.payload_bits(init_side), config.allocation,
+                                  _MIN_INIT_BITS)
+    state = QuantizedState({k: work_sd[k] for k in original_sd}, plans, config, start_bits, start_steps)
+    state = state.to(device)
 
     cache = {"step": 0, "value": init_side}
 
@@ -194,40 +201,65 @@ def compress(
         message=f"{len(state.names)} coded tensors, {coded_numel} weights, "
         f"{init_bits:.3f} bits/weight budget",
     )
-    if state.names and iterations:
-        run_schedule(work, state, train_inputs, config, budget, side_bytes, reporter, device)
 
-    reporter.check_cancel()
-    reporter.emit("finalize", iterations, 0.91, message="landing the exact file size")
-
-    def finished(stored_overrides: dict[str, torch.Tensor] | None = None) -> ArtifactContents:
-        contents = build_contents(state, original_sd, stored_overrides)
+    def finished() -> ArtifactContents:
+        contents = build_contents(state, original_sd)
         layers = [layer_report(r) for r in contents.records]
         contents.metadata = {**(metadata or {}), **file_metadata(layers, target_ratio, total_original)}
         return contents
 
-    contents, file_bytes, log_alpha = fit_target(
-        state,
-        finished,
-        measure_file_bytes,
-        budget.target_file_bytes,
-        config.ratio_tolerance,
-    )
-    decoded = decode_state_dict(contents, original_sd)
+    def land() -> tuple[ArtifactContents, int, float]:
+        return fit_target(state, finished, measure_file_bytes, budget.target_file_bytes, config.ratio_tolerance)
 
+    optimize_idx, select_idx = split_selection(num_samples(train_inputs), config.seed)
+    optimize_inputs = select(train_inputs, optimize_idx)
+    # The start: the initial allocation, rounded to nearest, at exactly the target size. Everything after it
+    # must beat it on samples it never optimized on, or the start is what gets written.
+    start = land()
+    learned = config.rounding == "gptq" or (state.names and iterations)
+    if state.names and iterations:
+        run_schedule(work, state, optimize_inputs, config, budget, side_bytes, reporter, device,
+                     fraction_span=(0.02, 0.85))
+    reporter.check_cancel()
+    reporter.emit("finalize", iterations, 0.88, message="landing the exact file size")
+    build = finished
+    if config.rounding == "gptq" and state.names:
+        reporter.emit("gptq", iterations, 0.88, message="second-order rounding of every linear/conv layer")
+        rounder = GptqRounder(
+            work, {n: (w, t) for n, w, t in state.items()}, optimize_inputs, config.batch_size, device,
+            config.gptq_samples,
+        )
+
+        def build() -> ArtifactContents:  # the ratio controller moves the grid: round afresh each time
+            rounder.round_into()
+            return finished()
+
+    contents, file_bytes, log_alpha = (
+        fit_target(state, build, measure_file_bytes, budget.target_file_bytes, config.ratio_tolerance)
+        if learned else start
+    )
+    selection = {"kept": "start"}
+    if learned:
+        selection = _select_against_start(
+            model, original_sd, start[0], contents, train_inputs, select_idx, config, device
+        )
+        if selection["kept"] == "start":
+            contents, file_bytes, log_alpha = start
+    decoded = decode_state_dict(contents, original_sd)
     reporter.check_cancel()
     decoded_model, bn_note = _maybe_recalibrate(model, decoded, train_inputs, config, device, reporter)
     if bn_note.get("kept"):
         recal = {
             k: v for k, v in decoded_model.state_dict().items() if k in decoded and not _is_coded(contents, k)
         }
-        contents = finished(stored_overrides=recal)
+        contents = replace_stored(contents, recal)
         decoded = decode_state_dict(contents, original_sd)
 
     reporter.emit("evaluate", iterations, 0.97, message="evaluating the decoded model on held-out samples")
     evaluation = _evaluate(model, decoded_model, calibration, holdout_idx, config, device)
     evaluation["batchnorm_recalibration"] = bn_note
     evaluation["ratio_controller_log_alpha"] = log_alpha
+    evaluation["selection"] = selection
 
     sizes = payload_sizes(contents)
     layers = [layer_report(r, sizes[r.name]) for r in contents.records]
@@ -236,9 +268,53 @@ def compress(
         original_bytes=total_original,
         estimated_file_bytes=file_bytes,
         seconds=time.monotonic() - started,
+        extra={"selection": selection},
     )
     reporter.emit("done", iterations, 1.0, estimated_ratio=total_original / file_bytes)
     return CompressionResult(contents, decoded, layers, summary, reporter.history, evaluation)
+
+
+def split_selection(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(optimization, selection) indices of the optimization samples: the selection samples (10 %, at least
+    8) judge the learned weights against the start and are never optimized on. With fewer than 40 samples
+    there is no room for them, and the judgement uses every sample (recorded as such)."""
+    if n < 40:
+        every = torch.arange(n)
+        return every, every
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 15485863))
+    k = max(8, n // 10)
+    return perm[k:].sort().values, perm[:k].sort().values
+
+
+def _select_against_start(model, original_sd, start, optimized, train_inputs, select_idx, config, device) -> dict:
+    """Distillation distance of the start and of the optimized weights (both decoded from their exact-size
+    contents) on the selection samples; the optimized weights are kept only when they are closer."""
+    probe = select(train_inputs, select_idx)
+    reference = copy.deepcopy(model).float().eval().to(device)
+    ref_out = _reference_outputs(reference, probe, config.batch_size, device, config.output_keys)
+    distances = {}
+    for label, contents in (("start", start), ("optimized", optimized)):
+        candidate = copy.deepcopy(model).float().eval().to(device)
+        decoded = decode_state_dict(contents, original_sd)
+        candidate.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in decoded.items()})
+        distances[label] = _distance_on(candidate, ref_out, probe, config.batch_size, device, config.output_keys)
+    kept = "optimized" if distances["optimized"] < distances["start"] else "start"
+    return {
+        "kept": kept,
+        "start_distance": distances["start"],
+        "optimized_distance": distances["optimized"],
+        "samples": int(select_idx.numel()),
+    }
+
+
+def _transform_floats(plans, tensors: dict[str, torch.Tensor], per_channel: bool) -> int:
+    """How many float32 transform parameters the file will carry (two per tensor or per output channel)."""
+    total = 0
+    for p in plans:
+        if p.kind is not None:
+            t = tensors[p.name]
+            total += 2 * (t.shape[0] if per_channel and t.dim() >= 1 else 1)
+    return total
 
 
 def _is_coded(contents: ArtifactContents, name: str) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 KERNELS = ("cosine", "linear", "triangle")
+ROUNDINGS = ("nearest", "gptq")
 CONFIG_VERSION = 1
 
 
@@ -15,7 +16,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class CompressionConfig:
-    """Knobs of the L² optimizer. Defaults suit small and mid-sized CNNs on a CPU.
+    """Knobs of the L² optimizer. The defaults are the ``balanced`` preset (`presets.py`), sized for 2 CPU
+    cores; `from_dict` takes a ``preset`` name as the base.
 
     ``transform``: default kind for weight tensors (ndim ≥ 2); ``transform_overrides`` maps fnmatch-style
     name patterns (e.g. ``"classifier.*"``) to a kind, first match wins. 1-D float parameters (biases, norm
@@ -25,6 +27,8 @@ class CompressionConfig:
     ``rate_weight`` is λ of the normalised hinge λ·ReLU(S − B)/B. ``allocation`` is where the bits start:
     ``sensitivity`` (steps ∝ 1/√(measured sensitivity), spending the budget), ``equal_step`` (one step for
     every weight) or ``equal_bits`` (the same bits per weight in every tensor); see `recon/allocation.py`.
+    ``rounding``: ``gptq`` (second-order rounding of the codes under the learned grids, `recon/gptq.py`, on
+    ``gptq_samples`` samples) or ``nearest``.
     ``holdout_fraction`` of the calibration samples is never used for optimization, only to report accuracy.
     ``output_keys``: which named outputs (dict / ModelOutput entries, e.g. ``("last_hidden_state",)``) the
     distillation distance compares; empty means every floating-point output. Token outputs count only real
@@ -36,14 +40,17 @@ class CompressionConfig:
     per_channel: bool = False
     kernel: str = "cosine"
     resolution: float = 64.0
-    rounds: int = 3
-    transform_iters: int = 100
-    weight_iters: int = 100
+    rounds: int = 1
+    transform_iters: int = 60
+    weight_iters: int = 0
     batch_size: int = 32
     transform_lr: float = 1e-3
     weight_lr: float = 1e-4
     rate_weight: float = 10.0
     allocation: str = "sensitivity"
+    rounding: str = "gptq"
+    gptq_samples: int = 128
+    sensitivity_batches: int = 16
     feature_modules: tuple[str, ...] = ()
     feature_weight: float = 1.0
     output_keys: tuple[str, ...] = ()
@@ -79,6 +86,9 @@ class CompressionConfig:
         need(self.weight_lr >= 0, "weight_lr", "must be ≥ 0")
         need(self.rate_weight >= 0, "rate_weight", "must be ≥ 0")
         need(self.allocation in ALLOCATIONS, "allocation", f"one of {ALLOCATIONS}")
+        need(self.rounding in ROUNDINGS, "rounding", f"one of {ROUNDINGS}")
+        need(self.gptq_samples >= 1, "gptq_samples", "must be ≥ 1")
+        need(self.sensitivity_batches >= 1, "sensitivity_batches", "must be ≥ 1")
         need(0.0 <= self.holdout_fraction < 1.0, "holdout_fraction", "must be in [0, 1)")
         need(self.min_coded_numel >= 1, "min_coded_numel", "must be ≥ 1")
         need(0.0 < self.ratio_tolerance < 0.5, "ratio_tolerance", "must be in (0, 0.5)")
@@ -93,14 +103,21 @@ class CompressionConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> CompressionConfig:
-        """Build from JSON-like values (lists become tuples); unknown keys raise `ConfigError`."""
+        """Build from JSON-like values (lists become tuples); unknown keys raise `ConfigError`. A ``preset``
+        key (`presets.PRESETS`) supplies the base values, which the other keys override."""
+        from compression_core.presets import PRESETS
+
+        values = dict(values)
+        preset = values.pop("preset", None)
+        if preset is not None and preset not in PRESETS:
+            raise ConfigError(f"preset={preset!r} is invalid: one of {tuple(PRESETS)}")
         known = set(cls.__dataclass_fields__)
         unknown = set(values) - known
         if unknown:
             raise ConfigError(
-                f"unknown option(s) {sorted(unknown)}; known: {sorted(known - {'extra', 'version'})}"
+                f"unknown option(s) {sorted(unknown)}; known: {sorted(known - {'extra', 'version'})} and preset"
             )
-        fixed = dict(values)
+        fixed = {**PRESETS.get(preset, {}), **values}
         if "transform_overrides" in fixed:
             items = fixed["transform_overrides"]
             items = items.items() if isinstance(items, dict) else items

@@ -71,6 +71,19 @@ def build_contents(
     return ArtifactContents(records=records)
 
 
+def replace_stored(contents: ArtifactContents, values: dict[str, torch.Tensor]) -> ArtifactContents:
+    """The same contents with the named stored tensors' bytes replaced (e.g. recalibrated BN statistics);
+    same dtypes and shapes, so the file size does not change."""
+    records = []
+    for record in contents.records:
+        if isinstance(record, StoredTensor) and record.name in values:
+            value = values[record.name]
+            record = StoredTensor(record.name, record.shape, record.dtype,
+                                  tensor_bytes(value.to(getattr(torch, record.dtype))))
+        records.append(record)
+    return ArtifactContents(records=records, metadata=contents.metadata)
+
+
 def fit_target(
     state: QuantizedState,
     build: Callable[[], ArtifactContents],

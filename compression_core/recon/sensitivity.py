@@ -20,13 +20,15 @@ from compression_core.token_mask import position_weights, token_mask
 
 def weight_sensitivity(model: torch.nn.Module, names: list[str], inputs: Inputs, batch_size: int,
                        device: torch.device, seed: int, batches: int = 4,
-                       output_keys: tuple[str, ...] = ()) -> dict[str, float]:
+                       output_keys: tuple[str, ...] = (), per_channel: bool = False) -> dict:
     """Mean Gauss–Newton diagonal of the distillation distance per named parameter (0.0 where the outputs
-    do not depend on it). ``model`` is left as it was."""
+    do not depend on it); with ``per_channel``, a float64 tensor of one mean per output channel (dim 0)
+    instead, which is what per-channel steps need. ``model`` is left as it was."""
     params = dict(model.named_parameters())
     wanted = [params[n] for n in names]
     previous = [p.requires_grad for p in wanted]
-    totals = dict.fromkeys(names, 0.0)
+    totals = {n: torch.zeros(max(1, p.shape[0]) if p.dim() else 1, dtype=torch.float64)
+              for n, p in zip(names, wanted, strict=True)}
     gen = torch.Generator().manual_seed(seed + 104729)
     n = num_samples(inputs)
     try:
@@ -51,9 +53,12 @@ def weight_sensitivity(model: torch.nn.Module, names: list[str], inputs: Inputs,
                 probe = probe + (v * out).sum() * weight**0.5
             grads = torch.autograd.grad(probe, wanted, allow_unused=True)
             for name, g in zip(names, grads, strict=True):
-                if g is not None:
-                    totals[name] += float(g.detach().pow(2).mean()) / batches
+                if g is not None and g.numel():
+                    rows = g.detach().double().pow(2).reshape(totals[name].shape[0], -1)
+                    totals[name] += rows.mean(dim=1).cpu() / batches
     finally:
         for p, flag in zip(wanted, previous, strict=True):
             p.requires_grad_(flag)
-    return totals
+    if per_channel:
+        return totals
+    return {name: float(t.mean()) for name, t in totals.items()}

@@ -17,7 +17,8 @@ from compression_core.transforms import TensorPlan, Transform, make_transform, r
 class QuantizedState(nn.Module):
     """Latent weights (``latents``) and transforms (``transforms``) of every coded tensor, in state_dict order.
     ModuleDict keys cannot contain dots, so entries are indexed by position and `names` maps back. ``bits``
-    gives each coded tensor its initial bits per weight (`allocation.py`)."""
+    gives each coded tensor its initial bits per weight (`allocation.py`); ``steps``, where given, its exact
+    initial grid step (scalar or per output channel)."""
 
     def __init__(
         self,
@@ -25,8 +26,10 @@ class QuantizedState(nn.Module):
         plans: list[TensorPlan],
         config: CompressionConfig,
         bits: dict[str, float],
+        steps: dict[str, torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
+        steps = steps or {}
         self.config = config
         self.names: list[str] = []
         self.latents = nn.ParameterList()
@@ -38,7 +41,10 @@ class QuantizedState(nn.Module):
             self.names.append(plan.name)
             self.latents.append(nn.Parameter(w, requires_grad=plan.learnable))
             self.transforms.append(
-                make_transform(plan.kind, w, per_channel=self.config.per_channel, bits=bits[plan.name])
+                make_transform(
+                    plan.kind, w, per_channel=self.config.per_channel, bits=bits[plan.name],
+                    step=steps.get(plan.name),
+                )
             )
 
     def items(self) -> list[tuple[str, torch.Tensor, Transform]]:

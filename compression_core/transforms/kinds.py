@@ -40,6 +40,10 @@ class LinearTransform(Transform):
     def from_tensor(cls, w: torch.Tensor, per_channel: bool = False, bits: float = 8.0) -> LinearTransform:
         return cls({"s": _gauss_step(w, per_channel, bits)})
 
+    @classmethod
+    def from_step(cls, w: torch.Tensor, step: torch.Tensor) -> LinearTransform:
+        return cls({"s": step})
+
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return w / self.param("s", w)
 
@@ -60,6 +64,11 @@ class PruneQuantTransform(Transform):
     ) -> PruneQuantTransform:
         s = _gauss_step(w, per_channel, bits)
         return cls({"e": s / 2.0, "s": s})
+
+    @classmethod
+    def from_step(cls, w: torch.Tensor, step: torch.Tensor) -> PruneQuantTransform:
+        """A plain uniform grid k·step (dead zone e = step/2) that training may then widen or narrow."""
+        return cls({"e": step / 2.0, "s": step})
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         e, s = self.param("e", w), self.param("s", w)
@@ -128,10 +137,26 @@ TRANSFORM_CLASSES: dict[str, type[Transform]] = {
 }
 
 
-def make_transform(kind: str, w: torch.Tensor, per_channel: bool = False, bits: float = 6.0) -> Transform:
+# Kinds whose grid is uniform, so that an allocation can hand them their step directly.
+UNIFORM_KINDS = ("linear", "prune_quant")
+
+
+def make_transform(
+    kind: str,
+    w: torch.Tensor,
+    per_channel: bool = False,
+    bits: float = 6.0,
+    step: torch.Tensor | None = None,
+) -> Transform:
     """Build a transform of ``kind`` initialised from ``w`` (safe on constant, all-zero and tiny tensors).
-    Per-channel parameters need a tensor with at least one dimension."""
+    Per-channel parameters need a tensor with at least one dimension. ``step`` (a scalar or one value per
+    output channel), when given for a uniform kind, sets the grid exactly instead of deriving it from ``bits``."""
     per_channel = per_channel and w.dim() >= 1 and w.shape[0] > 0
+    if step is not None and kind in UNIFORM_KINDS:
+        amax = reduce_abs_max(w, step.dim() > 0)
+        # Never coarser than 4× the range (all codes 0 already) and never degenerate.
+        step = safe_scale(torch.minimum(step.double(), 4.0 * amax.clamp_min(1e-12)), amax)
+        return TRANSFORM_CLASSES[kind].from_step(w, step).to(w.device)
     transform = TRANSFORM_CLASSES[kind].from_tensor(w, per_channel=per_channel, bits=bits)
     return transform.to(w.device)
 

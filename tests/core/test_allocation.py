@@ -63,3 +63,20 @@ def test_sensitivity_ranks_tensors_by_what_the_output_cares_about_and_steers_the
     weights = {n: dict(model.named_parameters())[n] for n in names}
     bits = initial_bits(weights, {}, 3.0 * 1024, "sensitivity", 1.5, h)
     assert bits["a.weight"] > bits["b.weight"] + 3.0
+
+
+def test_per_channel_steps_follow_channel_sensitivity_within_the_spread_and_spend_the_budget():
+    from compression_core.recon.allocation import _entropy_bits_total, sensitivity_steps
+
+    torch.manual_seed(0)
+    w = torch.randn(8, 64)
+    h = torch.tensor([1.0, 1.0, 4.0, 4.0, 1e-6, 1.0, 100.0, 1.0], dtype=torch.float64)
+    budget = 4.0 * w.numel()
+    steps, bits = sensitivity_steps({"w": w}, budget, {"w": h}, channel_spread=2.0)
+    s = steps["w"]
+    assert s.shape == (8,)
+    assert s[2] < s[0]  # more sensitive, finer
+    assert float(s.max() / s.min()) <= 4.0 + 1e-9  # each within 2× of the tensor's step
+    spent = _entropy_bits_total(w.double() / s[:, None], 1.0)
+    assert abs(spent - budget) / budget < 0.05
+    assert abs(bits["w"] - spent / w.numel()) < 1e-6

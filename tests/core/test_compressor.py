@@ -167,3 +167,24 @@ def test_dict_inputs_and_outputs_work_for_every_transform(kind, tmp_path):
     assert summary.file_bytes == summary.estimated_file_bytes
     assert result.contents.records[0].kind == kind
     assert result.evaluation["holdout_samples"] > 0
+
+
+def test_learned_weights_are_written_only_when_they_beat_the_start_on_unseen_samples(digits):
+    """A wrecking schedule (huge transform learning rate) must fall back to the start, bit for bit; GPTQ
+    rounding, which does help, is kept. Both distances are reported."""
+    model, split = digits
+    calibration = split.train_x[:300]
+    start_only = compress(model, calibration, 12.0, config=CompressionConfig(rounds=0, rounding="nearest"))
+    wrecked = compress(
+        model, calibration, 12.0,
+        config=CompressionConfig(rounds=1, transform_iters=15, weight_iters=0, transform_lr=3.0,
+                                 rounding="nearest"),
+    )
+    chosen = wrecked.evaluation["selection"]
+    assert chosen["kept"] == "start" and chosen["optimized_distance"] >= chosen["start_distance"]
+    assert chosen["samples"] >= 8
+    assert all(torch.equal(wrecked.state_dict[k], v) for k, v in start_only.state_dict.items())
+    assert wrecked.summary.extra["selection"] == chosen
+    rounded = compress(model, calibration, 12.0, config=CompressionConfig(rounds=0, rounding="gptq"))
+    chosen = rounded.evaluation["selection"]
+    assert chosen["kept"] == "optimized" and chosen["optimized_distance"] < chosen["start_distance"]

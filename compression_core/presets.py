@@ -1,0 +1,26 @@
+"""Named schedules a user picks instead of a dozen knobs: ``fast``, ``balanced`` (the default) and ``paper``.
+
+What each runs, and what it costs on EfficientNet-Lite0 (4.65 M weights) on 2 CPU cores, is measured in
+`bench/results/ablation.md` and `bench/results/peers.md`; docs/method.md explains the choices.
+
+- ``fast``: per-tensor steps from the measured sensitivity (16 probe batches), GPTQ rounding under them, no
+  gradient phase.
+- ``balanced``: the same, with one round of 60 transform-learning iterations (steps and dead zones) before the
+  rounding; written only if it beats the start on samples it never trained on.
+- ``paper``: the reference schedule of the L² paper's public code, 3 × (300 transform + 1,000 weight
+  iterations) at batch 16, then GPTQ rounding; meant for a GPU.
+
+Per-tensor, not per-channel: on EfficientNet-Lite0 at 8× the per-channel start (steps ∝ 1/√h per channel,
+within 2× of the tensor's) was twice as far from the original model (distance 0.18 vs 0.083) and ended at
+67.3 % agreement after GPTQ against 77.7 % per tensor (bench/results/ablation.md).
+"""
+
+from __future__ import annotations
+
+_START = dict(per_channel=False, allocation="sensitivity", sensitivity_batches=16)
+PRESETS: dict[str, dict] = {
+    "fast": dict(_START, rounding="gptq", rounds=0),
+    "balanced": dict(_START, rounding="gptq", rounds=1, transform_iters=60, weight_iters=0),
+    "paper": dict(_START, rounding="gptq", rounds=3, transform_iters=300, weight_iters=1000, batch_size=16),
+}
+DEFAULT_PRESET = "balanced"

@@ -1,0 +1,173 @@
+"""Second-order rounding of the integer codes (GPTQ / OBQ), under each layer's own L² transform.
+
+Round-to-nearest treats every weight alone. For a layer y = W·x, the output error of a rounding error δ is
+δᵀ·H·δ with H = Σ x·xᵀ over the layer's calibration inputs; OBQ/GPTQ quantize W one input column at a time
+and push each column's error onto the columns not yet quantized through the Cholesky factor of H⁻¹, so later
+roundings absorb earlier ones (Frantar et al., ICLR 2023). The quantizer of a column is the layer's current
+transform (per tensor or per output channel): the levels, and so the rate allocation, stay L²'s; only which
+level each weight takes changes. Convolutions are handled as im2col matrices, per group (a depthwise 3×3
+layer is C independent 9-column problems).
+
+Inputs come from the original model (every layer's H in one pass), within a sample bound.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compression_core.model_io import Inputs, batches, call_model, num_samples, select, to_device
+from compression_core.transforms import Transform
+
+log = logging.getLogger(__name__)
+_DAMP = 0.01
+_BLOCK = 128
+
+
+def _grouped_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input as (groups, K, positions): the columns that multiply the weight's K inputs."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1]).t().unsqueeze(0)
+    if isinstance(module, nn.Conv1d):
+        x = x.unsqueeze(2)
+        kernel, stride, dilation = (1, module.kernel_size[0]), (1, module.stride[0]), (1, module.dilation[0])
+        padding = (0, module.padding[0]) if isinstance(module.padding, tuple) else 0
+    else:
+        kernel, stride, dilation = module.kernel_size, module.stride, module.dilation
+        # String paddings ("same") and padding done inside forward (TF-style "same" convolutions) are left
+        # out: the interior patches alone still estimate H.
+        padding = module.padding if isinstance(module.padding, tuple) else 0
+    cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # (N, C·k, L)
+    n, ck, length = cols.shape
+    g = module.groups
+    return cols.reshape(n, g, ck // g, length).permute(1, 2, 0, 3).reshape(g, ck // g, n * length)
+
+
+def supported(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d) and module.weight.dim() >= 2
+
+
+@torch.no_grad()
+def layer_hessians(
+    model: nn.Module, layers: dict[str, nn.Module], inputs: Inputs, batch_size: int, device: torch.device,
+    max_samples: int = 128,
+) -> dict[str, torch.Tensor]:
+    """H = mean of x·xᵀ per layer and group, shape (groups, K, K), from the original model's inputs to each
+    layer on at most ``max_samples`` calibration samples."""
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = dict.fromkeys(layers, 0)
+
+    def hook(name):
+        def record(module, args, _out):
+            cols = _grouped_columns(module, args[0].detach().float())
+            h = torch.bmm(cols, cols.transpose(1, 2))
+            sums[name] = sums[name] + h if name in sums else h
+            counts[name] += cols.shape[2]
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
+    try:
+        subset = select(inputs, slice(0, min(num_samples(inputs), max_samples)))
+        for batch in batches(subset, batch_size):
+            call_model(model, to_device(batch, device))
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: sums[n] / max(1, counts[n]) for n in sums}
+
+
+def _inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damping)⁻¹ per group; dead inputs (zero diagonal) get a unit diagonal."""
+    h = h.double().clone()
+    diag = torch.diagonal(h, dim1=1, dim2=2)
+    dead = diag <= 0
+    diag[dead] = 1.0
+    damp = _DAMP * diag.mean(dim=1, keepdim=True)
+    diag += damp
+    for attempt in range(6):
+        try:
+            inv = torch.cholesky_inverse(torch.linalg.cholesky(h))
+            return torch.linalg.cholesky(inv, upper=True).float()
+        except torch.linalg.LinAlgError:  # numerically indefinite: dampen more
+            diag += damp * (10.0**attempt)
+    raise torch.linalg.LinAlgError("H stayed indefinite after damping")
+
+
+@torch.no_grad()
+def gptq_round(
+    weight: torch.Tensor, hessian: torch.Tensor, quantize: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """Quantized weight (same shape) chosen column by column with error compensation. ``quantize`` maps
+    a column of every output channel, shape (C_out,), to its dequantized levels."""
+    groups, k = hessian.shape[0], hessian.shape[1]
+    c_out = weight.shape[0]
+    rows = c_out // groups
+    # Columns with the most input energy first ("act order"): their errors get the most columns to absorb them.
+    order = torch.argsort(torch.diagonal(hessian, dim1=1, dim2=2), dim=1, descending=True)
+    hessian = hessian.gather(1, order[:, :, None].expand(-1, -1, k)).gather(2, order[:, None, :].expand(-1, k, -1))
+    w = weight.detach().float().reshape(groups, rows, k).gather(2, order[:, None, :].expand(-1, rows, -1))
+    u = _inverse_cholesky(hessian)  # (G, K, K), upper
+    q = torch.empty_like(w)
+    for b0 in range(0, k, _BLOCK):
+        b1 = min(k, b0 + _BLOCK)
+        block = w[:, :, b0:b1].clone()
+        err = torch.empty_like(block)
+        ub = u[:, b0:b1, b0:b1]
+        for j in range(b1 - b0):
+            col = block[:, :, j]
+            qc = quantize(col.reshape(-1)).reshape(col.shape)
+            e = (col - qc) / ub[:, j, j].unsqueeze(1)
+            block[:, :, j:] -= e.unsqueeze(2) * ub[:, j, j:].unsqueeze(1)
+            q[:, :, b0 + j] = qc
+            err[:, :, j] = e
+        if b1 < k:
+            w[:, :, b1:] -= torch.bmm(err, u[:, b0:b1, b1:])
+    return torch.empty_like(q).scatter_(2, order[:, None, :].expand(-1, rows, -1), q).reshape(weight.shape)
+
+
+def column_quantizer(transform: Transform) -> Callable[[torch.Tensor], torch.Tensor]:
+    """T⁻¹(⌊T(v)⌉) for a vector holding one weight of every output channel."""
+
+    def quantize(v: torch.Tensor) -> torch.Tensor:
+        return transform.inverse(torch.round(transform.codes(v)), v)
+
+    return quantize
+
+
+class GptqRounder:
+    """GPTQ rounding of a set of coded weights, re-runnable at any grid: the Hessians are measured once, the
+    original weights kept, and `round_into` rounds them afresh under the transforms' current parameters
+    (the ratio controller changes the steps between calls; re-rounding already-rounded weights on a shifted
+    grid would alias, so each call starts from the originals)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        targets: dict[str, tuple[torch.Tensor, Transform]],
+        inputs: Inputs,
+        batch_size: int,
+        device: torch.device,
+        max_samples: int = 128,
+    ) -> None:
+        modules = dict(model.named_modules())
+        layers = {}
+        for name in targets:
+            owner, _, leaf = name.rpartition(".")
+            module = modules.get(owner)
+            if leaf == "weight" and module is not None and supported(module):
+                layers[name] = module
+        self.hessians = layer_hessians(model, layers, inputs, batch_size, device, max_samples)
+        self.originals = {name: targets[name][0].detach().clone() for name in self.hessians}
+        self.targets = targets
+        log.info("GPTQ rounding for %d of %d coded weights", len(self.hessians), len(targets))
+
+    @torch.no_grad()
+    def round_into(self) -> None:
+        """Overwrite each latent weight with the GPTQ rounding of its original under its transform."""
+        for name, h in self.hessians.items():
+            latent, transform = self.targets[name]
+            latent.copy_(gptq_round(self.originals[name], h, column_quantizer(transform)))
