@@ -137,7 +137,7 @@ def create(
     job = Job(
         **{field: getattr(body, field) for field in _FROM_REQUEST},
         tenant_id=caller.tenant_id,
-        options=body.options.model_dump(mode="json", exclude_none=True),
+        options=_options_with_preset(body),
         queue=queue,
         state="queued",
         phase="queued",
@@ -297,3 +297,11 @@ def to_public(job: Job) -> JobPublic:
 
 
 TERMINAL = TERMINAL_STATES
+
+
+def _options_with_preset(body: JobCreate) -> dict:
+    """The options the worker builds its `CompressionConfig` from; a preset travels as their ``preset`` key."""
+    options = body.options.model_dump(mode="json", exclude_none=True)
+    if body.preset:
+        options["preset"] = body.preset
+    return options

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from compression_core.config import CompressionConfig
+from compression_core.presets import PRESETS
 
 # Optimizer options with a flag of their own: (type, what it does). Defaults are CompressionConfig's.
 _OPTION_FLAGS = {
@@ -100,6 +101,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the longest line, or to max-length with --calibration-spec '{\"padding\": \"max_length\"}'"
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        help="optimizer schedule: fast (GPTQ rounding, no gradient phase), balanced (the default: plus 60 "
+        "transform iterations), paper (the reference 3 × (300 + 1000) schedule, for a GPU); the flags below "
+        "override it",
+    )
     p.add_argument("--per-channel", action="store_true", help="learn transform parameters per output channel")
     p.add_argument(
         "--output-keys",
@@ -122,6 +130,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _config(args: argparse.Namespace) -> CompressionConfig:
     values = json.loads(args.options)
     values.update({k: getattr(args, k) for k in _OPTION_FLAGS if getattr(args, k) is not None})
+    if args.preset:
+        values["preset"] = args.preset
     if args.per_channel:
         values["per_channel"] = True
     if args.output_keys:

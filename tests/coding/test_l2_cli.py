@@ -59,3 +59,18 @@ def test_decompress_refuses_unknown_suffix_and_bad_files(artifact, tmp_path, cap
     assert main(["inspect", str(bad)]) == 1
     assert "not an .l2 file" in capsys.readouterr().err
     assert not (tmp_path / "w.pt").exists()
+
+
+def test_compress_preset_is_the_base_and_explicit_flags_override_it():
+    import argparse
+
+    from compression_core.cli import compress_cmd
+
+    parser = argparse.ArgumentParser()
+    compress_cmd.register(parser.add_subparsers())
+    args = parser.parse_args(["compress", "m.pt", "--calibration", "c.pt", "--target-ratio", "8",
+                              "--preset", "fast", "--rounds", "2"])
+    config = compress_cmd._config(args)
+    assert (config.rounds, config.rounding, config.transform_iters) == (2, "gptq", 60)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["compress", "m.pt", "--calibration", "c.pt", "--target-ratio", "8", "--preset", "x"])

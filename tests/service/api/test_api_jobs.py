@@ -23,6 +23,14 @@ def test_submitting_a_job_answers_202_with_location_and_enqueues_it_after_commit
     assert db.get(Job, job["id"]).state == "queued"  # the row was committed before the message was sent
 
 
+def test_a_preset_travels_in_the_options_the_worker_builds_its_config_from(client, tenant_a, enqueued):
+    r = submit_job(client, tenant_a, preset="fast", options={"rounds": 2})
+    assert r.status_code == 202, r.text
+    assert r.json()["options"] == {"rounds": 2, "preset": "fast"}
+    r = submit_job(client, tenant_a, preset="turbo")
+    assert r.status_code == 422 and "preset" in r.json()["detail"]
+
+
 @pytest.mark.parametrize(
     ("device", "gpu_workers", "queue"),
     [("cuda", False, "gpu"), ("cpu", True, "cpu"), ("auto", False, "cpu"), ("auto", True, "gpu")],
