@@ -35,6 +35,8 @@ from store.models import Checkpoint, Job
 router = APIRouter(prefix="/ui", include_in_schema=False)
 PAGE_SIZE = 50
 STATES = ("queued", "running", "succeeded", "failed", "canceled")
+COMPARE_POINTS = 2000  # jobs of one checkpoint on the compare chart (newest first)
+COMPARE_ROWS = 100  # of them listed in the table below it
 
 
 def _job_rows(session, caller, state: str | None, page: int) -> dict:
@@ -166,9 +168,13 @@ def compare_page(
         jobs = list(
             session.execute(
                 select(Job)
-                .where(Job.tenant_id == ui.caller.tenant_id, Job.checkpoint_id == selected.id)
+                .where(
+                    Job.tenant_id == ui.caller.tenant_id,
+                    Job.checkpoint_id == selected.id,
+                    Job.state == "succeeded",  # only finished jobs have a true ratio and a score
+                )
                 .order_by(Job.created_at.desc())
-                .limit(1000)
+                .limit(COMPARE_POINTS)
             ).scalars()
         )
     points = views.compare_points(jobs)
@@ -183,7 +189,8 @@ def compare_page(
         nav="compare",
         choices=choices,
         selected=selected,
-        jobs=jobs,
+        jobs=jobs[:COMPARE_ROWS],
+        more_jobs=max(0, len(jobs) - COMPARE_ROWS),
         points=points,
         metrics=available,
         metric=metric,
