@@ -295,7 +295,8 @@ def write_results(report: dict) -> None:
     lines += [
         "",
         "The jobs page shows 50 jobs a page (a count and one indexed page query); the compare page draws the "
-        "600 succeeded jobs of the checkpoint and lists the 100 newest; the job page renders a succeeded job with its 25 layers and events.",
+        "600 succeeded jobs of the checkpoint and lists the 100 newest; the job page renders a succeeded job "
+        "with its 25 layers and events.",
         "",
     ]
     (RESULTS / "ui.md").write_text("\n".join(lines))
