@@ -39,9 +39,7 @@ async def record(ctx: AppContext, caller: Caller, stored: StoredFile, object_id:
 
 
 def get(session: Session, caller: Caller, checkpoint_id: str) -> Checkpoint:
-    return get_owned(
-        session, Checkpoint, caller, checkpoint_id, "checkpoint", "list yours with GET /v1/checkpoints"
-    )
+    return get_owned(session, Checkpoint, caller, checkpoint_id, "checkpoint", "list yours with GET /v1/checkpoints")
 
 
 def list_(session: Session, caller: Caller, limit: int, offset: int) -> tuple[list[Checkpoint], int]:

@@ -174,8 +174,7 @@ def delete(ctx: AppContext, session: Session, caller: Caller, dataset_id: str) -
     active = unfinished_job_using(session, or_(Job.dataset_id == row.id, Job.eval_dataset_id == row.id))
     if active is not None:
         raise Conflict(
-            f"dataset {dataset_id!r} is used by job {active!r}, which has not finished; cancel it or "
-            "wait, then delete"
+            f"dataset {dataset_id!r} is used by job {active!r}, which has not finished; cancel it or wait, then delete"
         )
     source = row.source
     session.delete(row)

@@ -12,8 +12,8 @@ from api.auth import Caller
 from api.deps import AppContext
 from api.errors import PayloadTooLarge, Unprocessable
 from api.services.limits import quota_left, quota_message
-from store.models import new_id
 from api.storage import EmptyUpload, LocalStorage, StoredFile, UploadTooLarge
+from store.models import new_id
 
 Row = TypeVar("Row")
 
