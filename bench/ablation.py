@@ -127,8 +127,12 @@ def render(journal: Path, path: Path) -> None:
         "",
     ]
     for subject in dict.fromkeys(r["subject"] for r in rows):
-        lines += [f"## {subject}", "", "| variant | overrides | target | true ratio | scores | compress s | tag | commit |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {subject}",
+            "",
+            "| variant | overrides | target | true ratio | scores | compress s | tag | commit |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in rows:
             if r["subject"] != subject:
                 continue

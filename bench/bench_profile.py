@@ -15,7 +15,6 @@ import datetime as dt
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,8 @@ import torch
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from torch.func import functional_call  # noqa: E402
 
 from bench import models as bench_models  # noqa: E402
 from bench.ablation import SUBJECT_ARGS, git_commit  # noqa: E402
@@ -34,7 +35,6 @@ from compression_core.recon.allocation import initial_bits  # noqa: E402
 from compression_core.recon.losses import distillation_distance  # noqa: E402
 from compression_core.recon.state import QuantizedState  # noqa: E402
 from compression_core.transforms import plan_tensor, round_ste  # noqa: E402
-from torch.func import functional_call  # noqa: E402
 
 
 def stage_times(model, calibration, target: float, config: CompressionConfig) -> tuple[dict, float]:
