@@ -54,14 +54,17 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, list[dict]]:
 
 
 def _method_not_allowed(request: Request) -> JSONResponse:
-    """405 whose ``Allow`` lists the methods of *every* route on the path (Starlette names only the first route
-    it tried, so ``OPTIONS /v1/jobs`` claimed only POST was allowed)."""
-    allowed: set[str] = set()
+    """405 whose ``Allow`` lists the methods of every route on the path (Starlette names only the first route
+    it tried, so ``OPTIONS /v1/jobs`` claimed only POST was allowed); routes written out literally win over
+    templated ones that also match."""
+    literal: set[str] = set()
+    templated: set[str] = set()
     for context in iter_route_contexts(request.app.router.routes):
         methods = getattr(context.original_route, "methods", None)
         if methods and context.path and compile_path(context.path)[0].match(request.url.path):
-            allowed |= set(methods)
-    listed = ", ".join(sorted(allowed))
+            (templated if "{" in context.path else literal).update(methods)
+    # A path that names a route literally (/v1/datasets/upload) is that resource, not an id of /v1/datasets/{id}.
+    listed = ", ".join(sorted(literal or templated))
     return JSONResponse(
         {"detail": f"method {request.method} is not allowed on {request.url.path}; use {listed}"},
         status_code=405,

@@ -51,6 +51,11 @@ class CompressionOptions(_Strict):
     weight_lr: float | None = Field(None, ge=0)
     rate_weight: float | None = Field(None, ge=0)
     allocation: Literal["sensitivity", "equal_step", "equal_bits"] | None = None
+    rounding: Literal["gptq", "nearest"] | None = Field(
+        None, description="gptq: second-order rounding under the learned grids; nearest: round to nearest"
+    )
+    gptq_samples: int | None = Field(None, ge=1, le=100_000, description="calibration samples GPTQ measures")
+    sensitivity_batches: int | None = Field(None, ge=1, le=10_000, description="probe batches of the allocation")
     feature_modules: list[str] | None = None
     feature_weight: float | None = Field(None, ge=0)
     bn_recalibration: bool | None = None

@@ -116,7 +116,6 @@ def get_upload(upload_id: str, ctx: ContextDep, session: SessionDep, caller: Cal
 @router.patch(
     "/{upload_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    dependencies=[Depends(require_tus)],
     summary="Append bytes at Upload-Offset (tus core + checksum)",
     openapi_extra={
         "requestBody": {
@@ -140,7 +139,10 @@ async def append_upload(
     upload_offset: Annotated[int, Header(ge=0, description="where these bytes go; must be the server's offset")],
     content_type: Annotated[str | None, Header()] = None,
     upload_checksum: Annotated[str | None, Header(description="'sha256 <base64 digest>' of this body")] = None,
+    tus_resumable: TusVersion = None,
 ) -> None:
+    # Checked here, after the headers validated: a request missing Upload-Offset hears that first (422).
+    service.check_version(tus_resumable)
     if (content_type or "").split(";")[0].strip() != "application/offset+octet-stream":
         raise service.UnsupportedMediaType(
             f"PATCH needs 'Content-Type: application/offset+octet-stream' (got {content_type!r})"

@@ -83,6 +83,15 @@ def test_options_and_other_unsupported_methods_answer_405_listing_every_allowed_
     r = client.put("/v1/checkpoints/abc", headers=tenant_a.headers)
     assert r.status_code == 405
     assert {m.strip() for m in r.headers["allow"].split(",")} == {"GET", "DELETE"}
+    # a literal route wins over the templated one that also matches (/v1/datasets/{dataset_id})
+    r = client.options("/v1/datasets/upload", headers=tenant_a.headers)
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+
+
+def test_a_tus_patch_without_upload_offset_is_422_before_the_version_check(client, tenant_a):
+    r = client.patch("/v1/uploads/x", content=b"abc", headers={**tenant_a.headers,
+                     "Content-Type": "application/offset+octet-stream"})
+    assert r.status_code == 422 and "upload-offset" in r.text.lower()
 
 
 @pytest.mark.parametrize("value", ["-5", "-1e9", "1700000000", "yesterday", "2026-01-02"])
