@@ -7,16 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-EventType = Literal[
-    "job.queued",
-    "job.started",
-    "job.progress",
-    "job.succeeded",
-    "job.failed",
-    "job.canceled",
-    "job.mlflow_logged",
-    "job.mlflow_failed",
-]
+from store.outbox import EVENT_TYPES
+
+EventType = Literal[EVENT_TYPES]  # the outbox's list: one place names the event types
 
 
 class _Strict(BaseModel):

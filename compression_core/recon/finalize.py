@@ -37,12 +37,10 @@ def tensor_bytes(t: torch.Tensor) -> bytes:
 def build_contents(
     state: QuantizedState,
     original: dict[str, torch.Tensor],
-    stored_overrides: dict[str, torch.Tensor] | None = None,
 ) -> ArtifactContents:
-    """Records in state_dict order: coded entries from ``state``, stored entries from ``original`` (or the
-    recalibrated values in ``stored_overrides``)."""
+    """Records in state_dict order: coded entries from ``state``, stored entries from ``original``
+    (`replace_stored` swaps in recalibrated statistics afterwards)."""
     coded = {name: (w, t) for name, w, t in state.items()}
-    stored_overrides = stored_overrides or {}
     records = []
     for name, tensor in original.items():
         shape = tuple(tensor.shape)
@@ -64,10 +62,7 @@ def build_contents(
                 )
             )
         else:
-            value = stored_overrides.get(name, tensor)
-            records.append(
-                StoredTensor(name, shape, dtype_name(tensor), tensor_bytes(value.to(tensor.dtype)))
-            )
+            records.append(StoredTensor(name, shape, dtype_name(tensor), tensor_bytes(tensor)))
     return ArtifactContents(records=records)
 
 
