@@ -138,6 +138,9 @@ class Job(Base):
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
         Index("ix_jobs_state_queue", "state", "queue"),
+        # The web page: the jobs list filtered by state, and the compare page's jobs of one checkpoint.
+        Index("ix_jobs_tenant_state_created", "tenant_id", "state", "created_at"),
+        Index("ix_jobs_tenant_checkpoint_state_created", "tenant_id", "checkpoint_id", "state", "created_at"),
     )
 
     id: Mapped[str] = _id()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only
 
 from api.auth import Caller
 from api.deps import AppContext
@@ -197,13 +197,17 @@ def list_(
     created_after: datetime | None,
     limit: int,
     offset: int,
+    columns: tuple = (),
 ) -> tuple[list[Job], int]:
+    """A page of the caller's jobs, newest first, and the count. ``columns`` (attributes of `Job`): load only
+    these (a list page); touching any other column of the rows then raises instead of querying once per row."""
     conditions = []
     if state is not None:
         conditions.append(Job.state == state)
     if created_after is not None:
         conditions.append(Job.created_at > created_after)
-    return list_owned(session, Job, caller, *conditions, limit=limit, offset=offset)
+    load = (load_only(*columns, raiseload=True),) if columns else ()
+    return list_owned(session, Job, caller, *conditions, limit=limit, offset=offset, load=load)
 
 
 def unfinished_job_using(session: Session, uses) -> str | None:
@@ -236,25 +240,23 @@ def cancel(session: Session, caller: Caller, job_id: str) -> Job:
 
 
 def events(session: Session, caller: Caller, job_id: str) -> list[JobEvent]:
-    get(session, caller, job_id)
-    return list(
-        session.execute(
-            select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.created_at, JobEvent.id)
-        )
-        .scalars()
-        .all()
-    )
+    return events_of(session, get(session, caller, job_id))
+
+
+def events_of(session: Session, job: Job) -> list[JobEvent]:
+    """The events of a job already read through `get` (so already the caller's): no second lookup."""
+    statement = select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.created_at, JobEvent.id)
+    return list(session.execute(statement).scalars().all())
 
 
 def layers(session: Session, caller: Caller, job_id: str) -> list[LayerResult]:
-    get(session, caller, job_id)
-    return list(
-        session.execute(
-            select(LayerResult).where(LayerResult.job_id == job_id).order_by(LayerResult.position)
-        )
-        .scalars()
-        .all()
-    )
+    return layers_of(session, get(session, caller, job_id))
+
+
+def layers_of(session: Session, job: Job) -> list[LayerResult]:
+    """The per-layer rows of a job already read through `get`, in network order."""
+    statement = select(LayerResult).where(LayerResult.job_id == job.id).order_by(LayerResult.position)
+    return list(session.execute(statement).scalars().all())
 
 
 def artifact_file(ctx: AppContext, session: Session, caller: Caller, job_id: str) -> tuple[Job, Path]:

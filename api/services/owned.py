@@ -27,16 +27,28 @@ def get_owned(
     return row
 
 
+def owned_by_id(session: Session, model: type[Row], caller: Caller, ids) -> dict[str, Row]:
+    """The caller's rows of ``model`` among ``ids`` (None entries ignored), by id, in one query; ids that are
+    not the caller's are simply absent."""
+    wanted = {object_id for object_id in ids if object_id}
+    if not wanted:
+        return {}
+    rows = session.execute(select(model).where(model.id.in_(wanted), model.tenant_id == caller.tenant_id)).scalars()
+    return {row.id: row for row in rows}
+
+
 def list_owned(
-    session: Session, model: type[Row], caller: Caller, *conditions, limit: int, offset: int
+    session: Session, model: type[Row], caller: Caller, *conditions, limit: int, offset: int, load=()
 ) -> tuple[list[Row], int]:
     """One page of the caller's rows matching ``conditions``, newest first (ties by id, so pages are stable),
-    and how many match in all."""
+    and how many match in all. ``load``: loader options (e.g. `load_only`) for a page that shows a few
+    columns."""
     where = (model.tenant_id == caller.tenant_id, *conditions)
     total = session.execute(select(func.count()).select_from(model).where(*where)).scalar_one()
     rows = (
         session.execute(
             select(model)
+            .options(*load)
             .where(*where)
             .order_by(model.created_at.desc(), model.id)
             .limit(limit)

@@ -6,6 +6,7 @@ its field."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 from typing import Annotated
@@ -81,13 +82,13 @@ def job_live(
 ):
     """What the job page polls: the job as ``GET /v1/jobs/{id}`` shows it, its loss points after ``seq``
     ``after`` and its events."""
-    job = job_service.get(session, ui.caller, job_id)
-    events = job_service.events(session, ui.caller, job_id)
+    job = job_service.get(session, ui.caller, job_id)  # once: what follows belongs to it
+    events = job_service.events_of(session, job)
     return _json(
         request,
         {
             "job": job_service.to_public(job).model_dump(mode="json"),
-            "loss_points": views.loss_series(loss_history.points(session, ui.caller, job_id, after_seq=after)),
+            "loss_points": views.loss_series(loss_history.points_of(session, job, after_seq=after)),
             "events": [JobEventPublic.model_validate(e).model_dump(mode="json") for e in events],
         },
     )
@@ -112,6 +113,7 @@ def download_artifact(job_id: str, ctx: ContextDep, session: SessionDep, ui: Pag
     return job_artifact(job_id, ctx, session, ui.caller)
 
 
+@functools.cache
 def plotly_bundle() -> Path:
     """plotly.min.js as the installed ``plotly`` wheel ships it (found without importing plotly)."""
     spec = importlib.util.find_spec("plotly")

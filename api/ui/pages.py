@@ -10,7 +10,6 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import RedirectResponse
-from sqlalchemy import func, select
 
 from api.deps import SessionDep
 from api.errors import NotFound
@@ -19,7 +18,8 @@ from api.services import checkpoints as checkpoint_service
 from api.services import datasets as dataset_service
 from api.services import jobs as job_service
 from api.services import loss_history
-from api.ui import views
+from api.services.owned import owned_by_id
+from api.ui import compare, views
 from api.ui.deps import PageSession, PostSession, render, signer, with_headers
 from api.ui.session import (
     CSRF_FIELD,
@@ -30,18 +30,34 @@ from api.ui.session import (
     login,
     set_cookie,
 )
-from store.models import Checkpoint, Job
+from store.models import Checkpoint, Dataset, Job
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 PAGE_SIZE = 50
 STATES = ("queued", "running", "succeeded", "failed", "canceled")
 COMPARE_POINTS = 2000  # jobs of one checkpoint on the compare chart (newest first)
 COMPARE_ROWS = 100  # of them listed in the table below it
+# What a row of the jobs table shows (`_job_rows.html`); the list loads these columns only.
+ROW_COLUMNS = (
+    Job.id,
+    Job.state,
+    Job.cancel_requested,
+    Job.progress,
+    Job.phase,
+    Job.eta_seconds,
+    Job.target_ratio,
+    Job.true_ratio,
+    Job.estimated_ratio,
+    Job.evaluation,
+    Job.architecture,
+    Job.created_at,
+)
 
 
 def _job_rows(session, caller, state: str | None, page: int) -> dict:
+    offset = (page - 1) * PAGE_SIZE
     rows, total = job_service.list_(
-        session, caller, state=state, created_after=None, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
+        session, caller, state=state, created_after=None, limit=PAGE_SIZE, offset=offset, columns=ROW_COLUMNS
     )
     pages = max(1, -(-total // PAGE_SIZE))
     items = [{"job": job, "headline": views.headline(job.evaluation)} for job in rows]
@@ -102,22 +118,18 @@ def not_found(request: Request, ui, exc: NotFound):
     )
 
 
-def _optional(fetch, *args):
-    try:
-        return fetch(*args)
-    except NotFound:
-        return None
-
-
 @router.get("/jobs/{job_id}")
 def job_page(request: Request, session: SessionDep, ui: PageSession, job_id: str, cancel: str | None = None):
     try:
         job = job_service.get(session, ui.caller, job_id)
     except NotFound as exc:
         return not_found(request, ui, exc)
-    layers = job_service.layers(session, ui.caller, job_id) if job.state == "succeeded" else []
+    # The job is read once (and so known to be the caller's); what belongs to it is read by its id.
+    layers = job_service.layers_of(session, job) if job.state == "succeeded" else []
     story = views.layer_story(layers, job.artifact_bytes)
     coded = [row for row in story if row["mode"] == "coded"]
+    checkpoints = owned_by_id(session, Checkpoint, ui.caller, [job.checkpoint_id])
+    datasets = owned_by_id(session, Dataset, ui.caller, [job.dataset_id, job.eval_dataset_id])
     return render(
         request,
         ui,
@@ -126,16 +138,16 @@ def job_page(request: Request, session: SessionDep, ui: PageSession, job_id: str
         nav="jobs",
         job=job,
         public=job_service.to_public(job).model_dump(mode="json"),
-        events=job_service.events(session, ui.caller, job_id),
-        checkpoint=_optional(checkpoint_service.get, session, ui.caller, job.checkpoint_id or ""),
-        dataset=_optional(dataset_service.get, session, ui.caller, job.dataset_id or ""),
-        eval_dataset=_optional(dataset_service.get, session, ui.caller, job.eval_dataset_id or ""),
+        events=job_service.events_of(session, job),
+        checkpoint=checkpoints.get(job.checkpoint_id),
+        dataset=datasets.get(job.dataset_id),
+        eval_dataset=datasets.get(job.eval_dataset_id),
         headline=views.headline(job.evaluation),
         story=story,
         coded=coded,
         coded_share=sum(row["share"] or 0.0 for row in coded),
         commands=views.reproduce_commands(job, str(request.base_url), request.app.state.ctx.settings.auth_enabled),
-        loss_points=views.loss_series(loss_history.points(session, ui.caller, job_id)),
+        loss_points=views.loss_series(loss_history.points_of(session, job)),
         cancel_notice=cancel,
         terminal=job.state in job_service.TERMINAL,
     )
@@ -145,16 +157,10 @@ def job_page(request: Request, session: SessionDep, ui: PageSession, job_id: str
 def compare_page(
     request: Request, session: SessionDep, ui: PageSession, checkpoint: str | None = None, metric: str | None = None
 ):
-    """All jobs of one checkpoint on a ratio-vs-score chart; the default checkpoint is the newest job's."""
-    counts = session.execute(
-        select(Checkpoint, func.count(Job.id), func.max(Job.created_at))
-        .join(Job, Job.checkpoint_id == Checkpoint.id)
-        .where(Checkpoint.tenant_id == ui.caller.tenant_id, Job.tenant_id == ui.caller.tenant_id)
-        .group_by(Checkpoint.id)
-        .order_by(func.max(Job.created_at).desc())
-        .limit(200)
-    ).all()
-    choices = [{"checkpoint": c, "jobs": n} for c, n, _ in counts]
+    """All succeeded jobs of one checkpoint on a ratio-vs-score chart; the default checkpoint is the newest
+    job's. The database does the work: counting per checkpoint, which scores exist, and the newest jobs' few
+    columns with the one chosen score (`api.ui.compare`)."""
+    choices = compare.checkpoint_choices(session, ui.caller)
     selected = None
     if checkpoint:
         try:
@@ -163,24 +169,12 @@ def compare_page(
             return not_found(request, ui, exc)
     elif choices:
         selected = choices[0]["checkpoint"]
-    jobs: list[Job] = []
+    jobs, available, total = [], [], 0
     if selected is not None:
-        jobs = list(
-            session.execute(
-                select(Job)
-                .where(
-                    Job.tenant_id == ui.caller.tenant_id,
-                    Job.checkpoint_id == selected.id,
-                    Job.state == "succeeded",  # only finished jobs have a true ratio and a score
-                )
-                .order_by(Job.created_at.desc())
-                .limit(COMPARE_POINTS)
-            ).scalars()
-        )
-    points = views.compare_points(jobs)
-    available = [(key, label) for key, label, _ in views.SCORES if any(key in p["scores"] for p in points)]
-    if metric not in {key for key, _ in available}:
-        metric = available[0][0] if available else None
+        total, available = compare.scores_present(session, ui.caller, selected.id)
+        if metric not in {key for key, _ in available}:
+            metric = available[0][0] if available else None
+        jobs = compare.newest_succeeded(session, ui.caller, selected.id, metric, COMPARE_POINTS)
     return render(
         request,
         ui,
@@ -190,8 +184,8 @@ def compare_page(
         choices=choices,
         selected=selected,
         jobs=jobs[:COMPARE_ROWS],
-        more_jobs=max(0, len(jobs) - COMPARE_ROWS),
-        points=points,
+        more_jobs=max(0, min(total, COMPARE_POINTS) - COMPARE_ROWS),
+        points=views.compare_points(jobs),
         metrics=available,
         metric=metric,
         metric_label=dict(available).get(metric, ""),

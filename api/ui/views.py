@@ -186,21 +186,21 @@ def reproduce_commands(job: Job, base_url: str, auth_enabled: bool) -> dict[str,
     return {"curl": curl, "python": python}
 
 
-def compare_points(jobs: list[Job]) -> list[dict]:
-    """One point per finished job of a checkpoint: its true ratio (the estimate while unfinished) and scores."""
+def compare_points(rows) -> list[dict]:
+    """The compare chart's points: one per job that has a true ratio and the chosen score (``row.score``),
+    with what its hover text and click need and nothing more."""
     points = []
-    for job in jobs:
-        ratio = job.true_ratio if job.true_ratio is not None else job.estimated_ratio
+    for row in rows:
+        ratio, score = _finite(row.true_ratio), _finite(row.score)
+        if ratio is None or score is None:
+            continue
         points.append(
             {
-                "id": job.id,
-                "state": job.state,
-                "ratio": _finite(ratio),
-                "true_ratio": _finite(job.true_ratio),
-                "target_ratio": job.target_ratio,
-                "options": job.options or {},
-                "created_at": job.created_at.isoformat() if job.created_at else None,
-                "scores": scores(job.evaluation),
+                "id": row.id,
+                "true_ratio": ratio,
+                "score": score,
+                "target_ratio": row.target_ratio,
+                "options": row.options or {},
             }
         )
     return points

@@ -236,3 +236,56 @@ def test_reproduce_commands_send_the_same_request_again():
     assert "Bearer $L2_API_KEY" in commands["curl"] and "http://127.0.0.1:8000/v1/jobs" in commands["curl"]
     assert '"preset": "fast"' in commands["python"] and "L2_API_KEY" in commands["python"]
     assert "Authorization" not in reproduce_commands(job, "http://h/", auth_enabled=False)["curl"]
+
+
+def test_compare_page_charts_the_chosen_score_of_succeeded_jobs_only(database):
+    """The compare page's numbers come out of SQL (counts, the score inside the evaluation JSON): the chart gets
+    one point per succeeded job of the tenant's checkpoint that has the chosen score, the selector only the
+    scores some job has, and the jobs list (which loads only its columns) shows the same jobs."""
+    from store.models import Checkpoint, Job, Tenant
+
+    client, _ = signed_in(database, "pages-compare")
+    stranger, _ = signed_in(database, "pages-compare-other")
+    with database[2]() as session:
+        tenant_id = session.query(Tenant).filter_by(name="pages-compare").one().id
+        checkpoint = Checkpoint(tenant_id=tenant_id, filename="m.pt", path="x", size_bytes=1, sha256="0" * 64)
+        session.add(checkpoint)
+        session.flush()
+        evaluations = [
+            {"holdout": {"top1_agreement": 0.9, "sqnr_db": 20.0}},
+            {"holdout": {"top1_agreement": 0.8, "sqnr_db": 18.0}},
+            {"holdout": {"sqnr_db": 15.0}},  # no agreement: not on the agreement chart
+        ]
+        for ratio, evaluation in zip((8.0, 12.0, 16.0), evaluations, strict=True):
+            session.add(
+                Job(
+                    tenant_id=tenant_id,
+                    checkpoint_id=checkpoint.id,
+                    target_ratio=ratio,
+                    true_ratio=ratio + 0.01,
+                    state="succeeded",
+                    options={"rounds": 1},
+                    evaluation=evaluation,
+                )
+            )
+        session.add(Job(tenant_id=tenant_id, checkpoint_id=checkpoint.id, target_ratio=4.0, state="failed"))
+        session.commit()
+
+    def chart(answer) -> dict:
+        assert answer.status_code == 200
+        return json.loads(re.search(r'id="compare-data">(.*?)</script>', answer.text, re.S).group(1))
+
+    page = client.get("/ui/compare")
+    data = chart(page)
+    assert data["metric"] == "holdout_agreement"  # the first score of views.SCORES some job has
+    assert sorted((p["true_ratio"], p["score"]) for p in data["points"]) == [(8.01, 0.9), (12.01, 0.8)]
+    assert all(p["options"] == {"rounds": 1} for p in data["points"])
+    options = re.findall(r'<option value="(\w+)" (?:selected)?>', page.text)
+    assert options == ["holdout_agreement", "holdout_sqnr_db"]
+    assert page.text.count('<tr><td><a class="mono" href="/ui/jobs/') == 3  # succeeded only
+    sqnr = chart(client.get("/ui/compare", params={"metric": "holdout_sqnr_db"}))
+    assert sorted(p["score"] for p in sqnr["points"]) == [15.0, 18.0, 20.0]
+    jobs = client.get("/ui")
+    assert jobs.status_code == 200 and jobs.text.count('class="job-row') == 4
+    assert "18.0 dB" not in jobs.text and "90.00 %" in jobs.text  # the headline score of each row
+    assert "No jobs yet" in stranger.get("/ui/compare").text

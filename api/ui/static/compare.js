@@ -5,9 +5,10 @@
   const chart = document.getElementById("chart-compare");
   if (!data || !chart || typeof Plotly === "undefined") return;
   const sqnr = (data.metric || "").includes("sqnr");
-  const points = data.points.filter((p) => p.true_ratio !== null && data.metric && data.metric in p.scores);
+  // The server sends only jobs with a true ratio and the chosen score (`score`).
+  const points = data.metric ? data.points.slice() : [];
   points.sort((a, b) => a.true_ratio - b.true_ratio);
-  const y = points.map((p) => (sqnr ? p.scores[data.metric] : 100 * p.scores[data.metric]));
+  const y = points.map((p) => (sqnr ? p.score : 100 * p.score));
   const hover = points.map((p) => `${p.id.slice(0, 8)} · target ${p.target_ratio}× · ${JSON.stringify(p.options)}`);
   // The trade-off curve: the jobs no other job beats on both ratio and score (the Pareto front).
   const front = [];
