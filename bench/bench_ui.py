@@ -24,8 +24,6 @@ import os
 import platform
 import random
 import re
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,17 +35,14 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.local_service import api_command, clean_env, free_port, start, stop_group, wait_answering  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 TARGET_MS = 300.0
 STATES = ("succeeded",) * 6 + ("failed", "canceled", "running", "queued")
 LAYERS = 25
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def seed(database_url: str, jobs: int, tenant: str = "bench", seed_value: int = 0) -> tuple[str, str]:
@@ -177,40 +172,6 @@ def summary(samples_ms: list[float]) -> dict:
     }
 
 
-def start_api(env: dict, port: int, logs: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "api.app:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-        cwd=ROOT,
-        stdout=open(logs, "ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(logs.read_text()[-3000:])
-        time.sleep(0.2)
-    raise TimeoutError("the API did not start")
-
-
 def login(client: httpx.Client, key: str) -> None:
     page = client.get("/ui/login")
     token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
@@ -327,18 +288,16 @@ def main(argv: list[str] | None = None) -> int:
         database_url = f"sqlite:///{data / 'l2.db'}"
     upgrade_database(database_url)
     key, job_id = seed(database_url, args.jobs)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("L2_")}
-    env.update(
-        {
-            "L2_DATA_DIR": str(data),
-            "L2_DATABASE_URL": database_url,
-            "L2_AUTH_ENABLED": "true",
-            "L2_BROKER_URL": f"sqla+sqlite:///{data / 'broker.db'}",
-        }
+    env = clean_env(
+        L2_DATA_DIR=str(data),
+        L2_DATABASE_URL=database_url,
+        L2_AUTH_ENABLED="true",
+        L2_BROKER_URL=f"sqla+sqlite:///{data / 'broker.db'}",
     )
     port = free_port()
-    api = start_api(env, port, folder / "api.log")
+    api = start(api_command(port), env, folder / "api.log")
     base = f"http://127.0.0.1:{port}"
+    wait_answering(f"{base}/healthz", api, timeout_s=60, log=folder / "api.log")
     pages = {
         "jobs": "/ui",
         "jobs (filtered: succeeded, page 5)": "/ui?state=succeeded&page=5",
@@ -355,8 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # keep the server figures; say why the browser ones are missing
             browser = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
     finally:
-        os.killpg(api.pid, signal.SIGTERM)
-        api.wait(timeout=30)
+        stop_group(api)
         if pg_name:
             import psycopg
 

@@ -28,59 +28,23 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.local_service import api_command, clean_env, free_port, l2_command, start, wait_answering  # noqa: E402
 from l2_client import Client  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(data_dir: Path, port: int) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("L2_")}
-    env.update(
-        {
-            "L2_DATA_DIR": str(data_dir),
-            "L2_AUTH_ENABLED": "false",
-            "L2_MAX_UPLOAD_BYTES": str(64 * 1024**3),
-            "L2_DATABASE_URL": f"sqlite:///{data_dir / 'l2.db'}",
-        }
+    env = clean_env(
+        L2_DATA_DIR=str(data_dir),
+        L2_AUTH_ENABLED="false",
+        L2_MAX_UPLOAD_BYTES=str(64 * 1024**3),
+        L2_DATABASE_URL=f"sqlite:///{data_dir / 'l2.db'}",
     )
-    subprocess.run(
-        [sys.executable, "-c", "from store.migrate import upgrade_database; upgrade_database()"],
-        env=env,
-        cwd=ROOT,
-        check=True,
-    )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "api.app:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-        cwd=ROOT,
-    )
-    for _ in range(300):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise RuntimeError("API did not start")
+    subprocess.run(l2_command("migrate"), env=env, cwd=ROOT, check=True)
+    proc = start(api_command(port), env)
+    wait_answering(f"http://127.0.0.1:{port}/healthz", proc, timeout_s=120)
+    return proc
 
 
 def peak_rss_mib(pid: int) -> float:

@@ -119,19 +119,10 @@ class Settings(BaseSettings):
     def _absolute_data_dir(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
-    @field_validator("allowed_data_roots", mode="before")
+    @field_validator("allowed_data_roots", "webhook_allow", mode="before")
     @classmethod
-    def _split_roots(cls, value):
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [part.strip() for part in text.split(",") if part.strip()]
-        return value
-
-    @field_validator("webhook_allow", mode="before")
-    @classmethod
-    def _split_allow(cls, value):
+    def _split_list(cls, value):
+        """A list from the environment: a JSON array, or comma-separated items."""
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):

@@ -7,22 +7,13 @@ import secrets
 
 import pytest
 import torch
-from worker_stack import PG_ADMIN_URL, REDIS_HOST, REDIS_PORT, DigitsFiles, make_stack
+from worker_stack import REDIS_HOST, REDIS_PORT, DigitsFiles, fresh_postgres_database, make_stack
 
 
 @pytest.fixture(scope="session")
 def postgres_url():
-    psycopg = pytest.importorskip("psycopg")
-    name = f"l2w_{secrets.token_hex(6)}"
-    try:
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 unavailable ({exc}); run scripts/ensure_services.sh")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_postgres_database("l2w") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

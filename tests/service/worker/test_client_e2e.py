@@ -9,18 +9,16 @@ import contextlib
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from client_proxy import FaultyProxy
-from worker_stack import L2_MAIN, ROOT, free_port, make_stack, needs_coding
+from worker_stack import make_stack, needs_coding
 
+from bench.local_service import ROOT, clean_env, free_port, l2_command, start, stop_group, wait_answering
 from l2_client import Client, Conflict
 
 pytestmark = [pytest.mark.service]  # real servers and worker processes (make test-fast leaves them out)
@@ -62,35 +60,13 @@ class Served:
 def l2_serve(tmp_path_factory):
     """``l2 serve`` as a user starts it: nothing configured but the data folder and a free port."""
     tmp = tmp_path_factory.mktemp("l2-serve")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("L2_")}
-    env.update({"L2_DATA_DIR": str(tmp / "data"), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"})
-    log = tmp / "serve.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", L2_MAIN, "serve", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stdout=open(log, "ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    port, log = free_port(), tmp / "serve.log"
+    env = clean_env(L2_DATA_DIR=str(tmp / "data"), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
+    proc = start(l2_command("serve", "--port", str(port)), env, log)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.3)
+    wait_answering(f"{base}/healthz", proc, timeout_s=120, log=log)
     yield Served(base, tmp / "data", log)
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    stop_group(proc, timeout_s=60)
 
 
 def compress_and_download(client: Client, files, data_dir: Path, out: Path) -> None:
@@ -232,14 +208,8 @@ def test_the_readme_examples_run_against_l2_serve(l2_serve, tiny_digits, tmp_pat
 
 
 def l2_remote(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("L2_")}
     return subprocess.run(
-        [sys.executable, "-c", L2_MAIN, "remote", *args],
-        env=env,
-        cwd=cwd or ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        l2_command("remote", *args), env=clean_env(), cwd=cwd or ROOT, capture_output=True, text=True, timeout=600
     )
 
 

@@ -14,18 +14,18 @@ Redis here is a private ``redis-server`` on a free port (the shared one on 6379 
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
-from worker_stack import L2_MAIN, PG_ADMIN_URL, ROOT, Client, DigitsFiles, free_port, make_stack, needs_coding
+from worker_stack import Client, DigitsFiles, fresh_postgres_database, make_stack, needs_coding
+
+from bench.local_service import free_port, l2_command, start, wait_answering
 
 # About 2 minutes per stack on 2 idle cores; far more on a machine busy with other test runs.
 pytestmark = [pytest.mark.service, pytest.mark.slow, needs_coding, pytest.mark.timeout(1500)]
@@ -83,31 +83,15 @@ class Serve:
     def __init__(self, stack, *extra: str) -> None:
         stack.api_port = stack.api_port or free_port()  # a restart answers on the same port
         self.stack = stack
-        self.log = open(stack.logs / "serve.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", L2_MAIN, "serve", "--port", str(stack.api_port), *extra],
-            env=stack.env,
-            cwd=ROOT,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{stack.base_url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert self.proc.poll() is None, stack.log_tail()
-            assert time.monotonic() < deadline, "l2 serve did not start\n" + stack.log_tail()
-            time.sleep(0.2)
+        self.proc = start(l2_command("serve", "--port", str(stack.api_port), *extra), stack.env, self.log)
+        wait_answering(f"{stack.base_url}/healthz", self.proc, timeout_s=120, log=self.log)
+
+    @property
+    def log(self) -> Path:
+        return self.stack.logs / "serve.log"
 
     def wait_ready(self, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        while (r := httpx.get(f"{self.stack.base_url}/readyz", timeout=10)).status_code != 200:
-            assert time.monotonic() < deadline, f"/readyz never became ready: {r.text}\n{self.stack.log_tail()}"
-            time.sleep(0.3)
+        wait_answering(f"{self.stack.base_url}/readyz", self.proc, timeout_s=timeout_s, log=self.log)
 
     def kill_everything(self) -> None:
         """SIGKILL serve, then any worker it left (test cleanup)."""
@@ -252,17 +236,8 @@ def test_chaos_on_the_embedded_default(tmp_path, digits_files):
 
 @pytest.fixture
 def chaos_pg_url():
-    psycopg = pytest.importorskip("psycopg")
-    name = f"l2chaos_{secrets.token_hex(6)}"
-    try:
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 unavailable ({exc}); run scripts/ensure_services.sh")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_postgres_database("l2chaos") as url:
+        yield url
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")

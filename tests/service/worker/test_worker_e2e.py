@@ -143,33 +143,13 @@ def test_cancel_stops_a_running_job_within_seconds_and_frees_the_worker(pg_redis
 @pytest.mark.slow
 def test_l2_serve_demo_compresses_and_decodes_on_the_embedded_default(tmp_path):
     """The newcomer's command: no servers configured, the demo runs to a decoded accuracy and exits."""
-    import os
     import subprocess
-    import sys
 
-    from worker_stack import L2_MAIN, ROOT, free_port
+    from bench.local_service import ROOT, clean_env, free_port, l2_command
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("L2_")}
-    env.update({"L2_DATA_DIR": str(tmp_path / "data"), "PYTHONUNBUFFERED": "1"})
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            L2_MAIN,
-            "serve",
-            "--demo",
-            "--exit-after-demo",
-            "--demo-iters",
-            "20",
-            "--port",
-            str(free_port()),
-        ],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    env = clean_env(L2_DATA_DIR=str(tmp_path / "data"), PYTHONUNBUFFERED="1")
+    command = l2_command("serve", "--demo", "--exit-after-demo", "--demo-iters", "20", "--port", str(free_port()))
+    out = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-5000:]
     assert "AUTHENTICATION IS OFF" in text and "sqla+sqlite" in text

@@ -10,13 +10,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
-import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,12 +24,11 @@ import httpx
 import pytest
 import torch
 
+from bench.local_service import ROOT, api_command, clean_env, free_port, l2_command, start, wait_answering
 from worker.cli import worker_command
 
-ROOT = Path(__file__).resolve().parents[3]
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-L2_MAIN = "import sys; from compression_core.cli import main; sys.exit(main())"  # the ``l2`` script
 FAST_OPTIONS = {"rounds": 1, "transform_iters": 20, "weight_iters": 20}
 
 
@@ -46,10 +45,23 @@ needs_coding = pytest.mark.skipif(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@contextlib.contextmanager
+def fresh_postgres_database(prefix: str) -> Iterator[str]:
+    """A new, empty database ``<prefix>_<random>`` on the local PostgreSQL, dropped afterwards; skips the test
+    when the server is not running."""
+    psycopg = pytest.importorskip("psycopg")
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 unavailable ({exc}); run scripts/ensure_services.sh")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # -- the model and its data --
@@ -79,14 +91,7 @@ class Stack:
         return f"http://127.0.0.1:{self.api_port}"
 
     def run_l2(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-c", L2_MAIN, *args],
-            env=self.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        return subprocess.run(l2_command(*args), env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
     def migrate(self) -> None:
         out = self.run_l2("migrate")
@@ -94,48 +99,12 @@ class Stack:
 
     def start_api(self) -> None:
         self.api_port = free_port()
-        log = open(self.logs / "api.log", "ab")
-        self.api = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "api.app:create_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.api_port),
-                "--log-level",
-                "warning",
-            ],
-            env=self.env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.base_url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert self.api.poll() is None, (self.logs / "api.log").read_text()[-3000:]
-            time.sleep(0.2)
-        raise TimeoutError("API did not start")
+        self.api = start(api_command(self.api_port), self.env, self.logs / "api.log")
+        wait_answering(f"{self.base_url}/healthz", self.api, timeout_s=60, log=self.logs / "api.log")
 
     def start_worker(self, name: str, queues: str = "cpu,gpu") -> subprocess.Popen:
-        log = open(self.logs / f"worker-{name}.log", "ab")
-        proc = subprocess.Popen(
-            worker_command(queues.split(","), hostname=f"{name}-{secrets.token_hex(3)}@%h"),
-            env=self.env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        command = worker_command(queues.split(","), hostname=f"{name}-{secrets.token_hex(3)}@%h")
+        proc = start(command, self.env, self.logs / f"worker-{name}.log")
         self.workers.append(proc)
         return proc
 
@@ -173,17 +142,14 @@ def make_stack(tmp: Path, database_url: str, broker_url: str) -> Stack:
     logs = tmp / "logs"
     data_dir.mkdir()
     logs.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("L2_")}
-    env.update(
-        {
-            "L2_DATABASE_URL": database_url,
-            "L2_BROKER_URL": broker_url,
-            "L2_DATA_DIR": str(data_dir),
-            "L2_AUTH_ENABLED": "false",
-            "L2_PROGRESS_MIN_INTERVAL_S": "0.2",
-            "PYTHONUNBUFFERED": "1",
-            "OMP_NUM_THREADS": "2",
-        }
+    env = clean_env(
+        L2_DATABASE_URL=database_url,
+        L2_BROKER_URL=broker_url,
+        L2_DATA_DIR=str(data_dir),
+        L2_AUTH_ENABLED="false",
+        L2_PROGRESS_MIN_INTERVAL_S="0.2",
+        PYTHONUNBUFFERED="1",
+        OMP_NUM_THREADS="2",
     )
     return Stack(env=env, data_dir=data_dir, logs=logs)
 
