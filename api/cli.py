@@ -10,6 +10,7 @@ subcommand, and the database stack (SQLAlchemy, Alembic, FastAPI through `api.au
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 
@@ -37,25 +38,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing.set_defaults(handler=run_keys_list)
 
 
-def upgrade_database(url: str | None = None) -> None:
-    """``alembic upgrade head`` (what ``l2 serve`` runs at start-up)."""
-    from store.migrate import upgrade_database as upgrade  # see the module docstring
-
-    upgrade(url)
-
-
 def run_migrate(args: argparse.Namespace) -> int:
-    from store.migrate import upgrade_database as upgrade  # see the module docstring
-    from store.settings import get_settings
+    # Alembic announces each of its built-in plugins at INFO as it loads; the migrations it runs stay visible.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    from store.migrate import DatabaseNotReady, upgrade_database  # see the module docstring
 
-    upgrade(get_settings().database_url, getattr(args, "revision", "head"))
+    try:
+        upgrade_database(revision=getattr(args, "revision", "head"))
+    except DatabaseNotReady as exc:
+        raise SystemExit(f"l2 migrate: {exc}") from None
     print("database schema is up to date")
     return 0
 
 
 def _session():
+    """A session on a database whose schema is current; otherwise one line saying what to run, exit 1."""
+    # Alembic logs its plugins and migration context at INFO as it loads: noise before the one line we print.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     from store.db import get_session_factory  # see the module docstring
+    from store.migrate import DatabaseNotReady, require_current_schema
 
+    try:
+        require_current_schema()
+    except DatabaseNotReady as exc:
+        raise SystemExit(f"l2 keys: {exc}") from None
     return get_session_factory()()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
 import os
 import signal
 import sys
@@ -134,6 +135,7 @@ def worker_command(
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    prepare_database(migrate=False, command="worker")
     cmd = worker_command(
         parse_queues(args.queues),
         concurrency=args.concurrency,
@@ -144,19 +146,58 @@ def run_worker(args: argparse.Namespace) -> int:
     # Supervised (worker.supervisor): a Celery main process that dies is started again. SIGTERM (docker stop,
     # systemd) or Ctrl+C stops it warmly: the running job finishes first; a second Ctrl+C kills it.
     supervisor = WorkerSupervisor(cmd, stop_timeout_s=None, say=_say)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    stop_on_signals()
     try:
         supervisor.start()
         supervisor.wait()
-    except (KeyboardInterrupt, SystemExit):
+    except StopRequested:
         pass
     finally:
-        try:
-            supervisor.stop()
-        except (KeyboardInterrupt, SystemExit):
-            if supervisor.proc is not None and supervisor.proc.poll() is None:
-                os.killpg(supervisor.proc.pid, signal.SIGKILL)
+        stop_worker(supervisor)
     return 0
+
+
+class StopRequested(Exception):
+    """SIGTERM or SIGINT reached ``l2 serve`` / ``l2 worker``: the normal way to stop them, not an error."""
+
+
+def _raise_stop_requested(signum, frame) -> None:
+    raise StopRequested(signal.Signals(signum).name)
+
+
+def stop_on_signals() -> None:
+    """Turn SIGTERM and SIGINT into `StopRequested`, so the command stops its worker and exits 0.
+
+    uvicorn handles both signals itself while it serves, then restores these handlers and raises the signal
+    again; with the default handlers SIGTERM would kill this process before it stopped its worker (which runs in
+    its own session, so a terminal's Ctrl+C reaches only us) and exit 143, and SIGINT would end in 130."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _raise_stop_requested)
+
+
+def stop_worker(supervisor: WorkerSupervisor | None) -> None:
+    """Stop the supervised worker; a second SIGTERM / Ctrl+C while it stops kills it at once."""
+    if supervisor is None:
+        return
+    try:
+        supervisor.stop()
+    except StopRequested:
+        if supervisor.proc is not None and supervisor.proc.poll() is None:
+            os.killpg(supervisor.proc.pid, signal.SIGKILL)
+
+
+def prepare_database(*, migrate: bool, command: str) -> None:
+    """Migrate the database (``l2 serve``) or check that someone did (``l2 worker``, ``serve --no-migrate``);
+    a database that is missing, unreachable or behind ends the command with one line saying what to do."""
+    # Alembic logs its plugins and migration context at INFO as it loads: noise before the banner or the one
+    # line we print. Alembic only for these commands: see the module docstring.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from store.migrate import DatabaseNotReady, require_current_schema, upgrade_database
+
+    try:
+        upgrade_database() if migrate else require_current_schema()
+    except DatabaseNotReady as exc:
+        raise SystemExit(f"l2 {command}: {exc}") from None
 
 
 def _say(text: str) -> None:
@@ -194,13 +235,6 @@ def banner(lines: list[str]) -> str:
     width = max(len(line) for line in lines) + 4
     bar = "!" * width
     return "\n".join([bar, *(f"! {line.ljust(width - 4)} !" for line in lines), bar])
-
-
-def run_migrations() -> None:
-    """`alembic upgrade head` for `Settings.database_url` (what ``l2 migrate`` does)."""
-    from store.migrate import upgrade_database  # Alembic only for `serve`: see the module docstring
-
-    upgrade_database()
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -241,13 +275,9 @@ def run_serve(args: argparse.Namespace) -> int:
         ]
     print(banner(lines), flush=True)
 
-    if not args.no_migrate:
-        run_migrations()
+    prepare_database(migrate=not args.no_migrate, command="serve")
 
-    # uvicorn shuts down gracefully on SIGTERM, then restores the previous handler and re-raises the signal.
-    # With the default handler that kills this process before `finally` runs, and the worker (in its own
-    # session, so a terminal's Ctrl+C reaches only us) would be orphaned. Turn it into SystemExit instead.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    stop_on_signals()
     supervisor = None
     demo_result: dict = {}
     try:
@@ -255,9 +285,10 @@ def run_serve(args: argparse.Namespace) -> int:
             command = worker_command(queues, hostname="l2-embedded@%h")
             supervisor = WorkerSupervisor(command, env=_embedded_worker_env(settings), say=_say).start()
         _run_api(args, settings, demo_result)
+    except StopRequested:
+        pass
     finally:
-        if supervisor is not None:
-            supervisor.stop()
+        stop_worker(supervisor)
     return int(demo_result.get("rc", 0))
 
 
@@ -325,10 +356,6 @@ def _run_api(args: argparse.Namespace, settings, demo_result: dict) -> None:
         server.run()
     else:
         Multiprocess(config, sockets=[config.bind_socket()]).run()
-
-
-def _exit_on_sigterm(signum, frame) -> None:
-    raise SystemExit(128 + signum)
 
 
 def _client_host(host: str) -> str:

@@ -1,8 +1,9 @@
 """Worker process hooks.
 
 * In each pool child after fork: drop the database connections inherited from the parent (a connection
-  shared across processes corrupts both), and lower the child's priority and torch threads (`be_polite`).
-  Torch is imported later, by the first job, inside the child.
+  shared across processes corrupts both), lower the child's priority and torch threads (`be_polite`), and
+  let a SIGTERM stop it only while it runs a job (an idle one leaves quietly with the main process). Torch is
+  imported later, by the first job, inside the child.
 * In the main worker process once it is ready: its liveness thread (`worker.liveness`: the liveness row
   /readyz counts, the sweep for abandoned jobs and lost messages, the check that its supervisor still lives),
   stopped with the worker. The main process never imports torch.
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from functools import partial
 
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from billiard.common import reset_signals
+from celery.signals import task_postrun, task_prerun, worker_process_init, worker_ready, worker_shutdown
 
 from store.db import SessionLocal, get_engine
 from store.queues import QUEUES, send_job
@@ -24,12 +27,35 @@ from worker.liveness import MainProcessWatch
 
 log = logging.getLogger(__name__)
 _watch: list[MainProcessWatch] = []
+_in_pool_child = False  # the SIGTERM choices below are for a prefork pool child, never a main process
 
 
 @worker_process_init.connect
 def _prepare_pool_child(**_) -> None:
+    global _in_pool_child
+    _in_pool_child = True
     get_engine().dispose(close=False)
     be_polite(get_settings())
+    _ignore_sigterm()
+
+
+# A worker is stopped by SIGTERM to its whole process group (`worker.supervisor`), so its pool child gets one
+# too. An idle child has nothing to lose and leaves when the main process's warm shutdown closes the pool (exit
+# 0); dying of the signal instead made the pool report "ForkPoolWorker-1 exited with signal 15" as an ERROR on
+# every normal stop. A child running a job still stops at once (billiard's own handler): the attempt is
+# abandoned and requeued by the next worker's sweep.
+@task_prerun.connect
+def _stop_on_sigterm_while_running(**_) -> None:
+    if not _in_pool_child:
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    reset_signals()  # billiard's SIGTERM handler (it leaves an ignored signal alone, hence SIG_DFL first)
+
+
+@task_postrun.connect
+def _ignore_sigterm(**_) -> None:
+    if _in_pool_child:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def be_polite(settings) -> None:
