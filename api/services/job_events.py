@@ -56,10 +56,12 @@ def add_job_endpoint(session: Session, job: Job, body: JobCreate) -> str | None:
     return secret
 
 
-def public_fields(job: Job) -> dict[str, Any]:
-    """`JobPublic` fields about events: the webhook URL, its secret (submission answer only), MLflow."""
+def public_fields(job, session: Session | None = None) -> dict[str, Any]:
+    """`JobPublic` fields about events: the webhook URL, its secret (submission answer only), MLflow. ``job``
+    is a `Job` (its own session is used) or a row with the same names read in ``session``."""
     export = None
-    session = object_session(job)
+    if session is None:
+        session = object_session(job)
     if session is not None and job.state == "succeeded":
         export = session.execute(select(MlflowExport).where(MlflowExport.job_id == job.id)).scalar_one_or_none()
     block = job.mlflow or (export.config if export is not None else None)

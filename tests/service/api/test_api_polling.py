@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from api_helpers import submit_job
+from api_helpers import finish_job, submit_job
 from sqlalchemy import event
 
 from api.auth import revoke_key
 from api.caller_cache import CallerCache
+from store.models import MlflowExport
 
 
 @contextmanager
@@ -57,6 +58,37 @@ def test_polling_a_job_with_auth_off_reads_only_the_job_row(client, settings, se
         for _ in range(5):
             assert client.get(f"/v1/jobs/{job_id}").status_code == 200
     assert len(seen) == 5 and all("tenants" not in s for s in seen), seen
+
+
+def test_the_polled_read_answers_what_the_job_list_shows(client, tenant_a, tenant_b, settings, db):
+    """``GET /v1/jobs/{id}`` reads its row with SQLAlchemy Core, the list through the ORM: the same job must
+    read the same in both, queued and succeeded (artifact, webhook URL, MLflow block and export state)."""
+    settings.webhook_allow = ["127.0.0.1"]
+    mlflow = {"tracking_uri": "http://127.0.0.1:5000", "registered_model": "digits"}
+    job_id = submit_job(client, tenant_a, webhook_url="http://127.0.0.1:9/hook", mlflow=mlflow).json()["id"]
+
+    def polled_and_listed() -> tuple[dict, dict]:
+        polled = client.get(f"/v1/jobs/{job_id}", headers=tenant_a.headers)
+        assert polled.status_code == 200, polled.text
+        listed = client.get("/v1/jobs", headers=tenant_a.headers).json()["data"]
+        return polled.json(), next(j for j in listed if j["id"] == job_id)
+
+    polled, listed = polled_and_listed()
+    assert polled == listed and polled["state"] == "queued" and polled["artifact"] is None
+    content = finish_job(db, settings.data_dir, job_id)
+    db.add(
+        MlflowExport(
+            tenant_id=tenant_a.tenant_id, job_id=job_id, config=mlflow, status="logged", attempts=2, run_id="run-1"
+        )
+    )
+    db.commit()
+    polled, listed = polled_and_listed()
+    assert polled == listed
+    assert polled["state"] == "succeeded" and polled["artifact"]["bytes"] == len(content)
+    assert polled["webhook_url"] == "http://127.0.0.1:9/hook" and polled["webhook_secret"] is None
+    assert polled["mlflow"]["status"] == "logged" and polled["mlflow"]["run_id"] == "run-1"
+    other = client.get(f"/v1/jobs/{job_id}", headers=tenant_b.headers)
+    assert other.status_code == 404 and "GET /v1/jobs" in other.json()["detail"]
 
 
 def test_a_revoked_key_is_refused_once_its_remembered_answer_expires(client, tenant_a, db, app):
