@@ -15,18 +15,21 @@ The original file name is kept (sanitised) because the loaders infer the format 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
 import shutil
 import tempfile
+from collections import deque
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from starlette.concurrency import run_in_threadpool
-
-WRITE_BUFFER_BYTES = 1 << 20
+WRITE_BUFFER_BYTES = 1 << 20  # received chunks are handed to the writer thread in blocks of about this size
+WRITE_QUEUE_BLOCKS = 8  # blocks waiting for the writer thread at most: bounds an upload's memory (~8 MiB)
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16  # buffers one pwritev takes at most
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -85,31 +88,23 @@ class LocalStorage:
         max_bytes: int,
     ) -> StoredFile:
         """Write ``chunks`` to ``<kind>/<tenant>/<id>/<filename>``; raises `UploadTooLarge` past ``max_bytes``
-        or `EmptyUpload` for no bytes, in both cases leaving no file. Disk writes run in a thread in ~1 MiB
-        blocks so the event loop keeps serving other requests."""
+        or `EmptyUpload` for no bytes, in both cases leaving no file. Writing and hashing run in a thread
+        (`BlockWriter`) so the event loop keeps receiving and serving other requests."""
         tmp_dir = self.tmp_dir
         tmp_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f"{kind}-", suffix=".part", dir=tmp_dir)
         tmp = Path(tmp_name)
         digest = hashlib.sha256()
-        size = 0
-        buffer = bytearray()
         try:
-            with os.fdopen(fd, "wb") as out:
-                async for chunk in chunks:
-                    if not chunk:
-                        continue
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise UploadTooLarge(max_bytes)
-                    digest.update(chunk)
-                    buffer += chunk
-                    if len(buffer) >= WRITE_BUFFER_BYTES:
-                        data, buffer = bytes(buffer), bytearray()
-                        await run_in_threadpool(out.write, data)
-                if buffer:
-                    await run_in_threadpool(out.write, bytes(buffer))
-                await run_in_threadpool(_flush_and_sync, out)
+            try:
+                async with BlockWriter(fd, 0, [digest]) as writer:
+                    async for chunk in chunks:
+                        if writer.received + len(chunk) > max_bytes:
+                            raise UploadTooLarge(max_bytes)
+                        await writer.add(chunk)
+                    size = await writer.finish()
+            finally:
+                os.close(fd)
             if size == 0:
                 raise EmptyUpload("the request body is empty; send the file's bytes as the body")
             folder = self.folder_for(kind, tenant_id, object_id)
@@ -146,6 +141,80 @@ class LocalStorage:
             path.unlink(missing_ok=True)
 
 
-def _flush_and_sync(out) -> None:
-    out.flush()
-    os.fsync(out.fileno())
+class BlockWriter:
+    """Writes an upload's bytes to ``fd`` from ``offset`` on and feeds them to ``digests`` (hashlib objects), in
+    a thread of its own, while the event loop goes on receiving: receiving and writing overlap instead of
+    taking turns (issue 10). Received chunks are handed over in blocks of about `WRITE_BUFFER_BYTES`, each
+    written with one ``pwritev`` and never joined into one buffer; at most `WRITE_QUEUE_BLOCKS` blocks wait,
+    so memory stays bounded whatever the size.
+
+    ``received`` counts the bytes given to `add`; ``written`` is how far the file and the digests really are.
+    Leaving the ``async with`` block waits for the block being written and drops those still waiting, so after
+    an error the caller may cut the file back to ``written`` without racing the thread."""
+
+    def __init__(self, fd: int, offset: int, digests, depth: int = WRITE_QUEUE_BLOCKS) -> None:
+        self.fd, self.digests, self.depth = fd, [d for d in digests if d is not None], depth
+        self.received = self.written = self._queued = offset
+        self._block: list[bytes] = []
+        self._pending: deque[asyncio.Future] = deque()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="l2-upload-writer")
+
+    async def __aenter__(self) -> BlockWriter:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        # Blocks the event loop for one block's write at most (nothing at all after `finish`).
+        self._thread.shutdown(wait=True, cancel_futures=True)
+        for future in self._pending:
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved, so asyncio does not log it as never retrieved
+        self._pending.clear()
+
+    async def add(self, chunk: bytes) -> None:
+        """Take ``chunk``; waits only while `depth` blocks are already waiting. Raises a failed write's error."""
+        if not chunk:
+            return
+        self._block.append(chunk)
+        self.received += len(chunk)
+        if self.received - self._queued >= WRITE_BUFFER_BYTES:
+            await self._queue_block()
+
+    async def finish(self) -> int:
+        """Write what is left, wait until every byte is written and on disk (fsync); returns the end offset."""
+        if self._block:
+            await self._queue_block()
+        while self._pending:
+            await self._pending.popleft()
+        await asyncio.get_running_loop().run_in_executor(self._thread, os.fsync, self.fd)
+        return self.written
+
+    async def _queue_block(self) -> None:
+        block, at, self._block, self._queued = self._block, self._queued, [], self.received
+        self._pending.append(asyncio.get_running_loop().run_in_executor(self._thread, self._write, block, at))
+        while len(self._pending) > self.depth or self._pending[0].done():
+            await self._pending.popleft()
+            if not self._pending:
+                break
+
+    def _write(self, block: list[bytes], at: int) -> None:
+        if len(block) > _IOV_MAX:  # a trickling client's many small chunks: one buffer instead
+            block = [b"".join(block)]
+        views, size, done = [memoryview(chunk) for chunk in block], sum(len(chunk) for chunk in block), 0
+        while done < size:  # pwritev may write less than asked
+            done += os.pwritev(self.fd, _skip(views, done), at + done)
+        for digest in self.digests:
+            for chunk in block:
+                digest.update(chunk)
+        self.written = at + size
+
+
+def _skip(views: list[memoryview], count: int) -> list[memoryview]:
+    """``views`` without their first ``count`` bytes."""
+    rest = []
+    for view in views:
+        if count >= len(view):
+            count -= len(view)
+            continue
+        rest.append(view[count:])
+        count = 0
+    return rest

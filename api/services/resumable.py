@@ -2,11 +2,12 @@
 checksum extensions; https://tus.io/protocols/resumable-upload).
 
 An upload is a row (`ResumableUpload`) and a part file ``<data_dir>/tmp/tus-<id>.part``. Each ``PATCH`` appends
-at the row's offset, streamed to disk in ~1 MiB blocks (constant memory whatever the size), and commits the
-new offset; a dropped connection keeps the bytes that arrived unless the request carried an ``Upload-Checksum``
-(then the whole request's bytes are unverifiable and are cut off again, as the checksum extension asks). On
-the last byte the part file is renamed into place and becomes a checkpoint or dataset through the same
-`record_upload` as a plain upload, with the upload's id as its id.
+at the row's offset, written and hashed by a writer thread while the body is still arriving
+(`api.storage.BlockWriter`: constant memory whatever the size), fsynced, and commits the new offset; a dropped
+connection keeps the bytes that arrived unless the request carried an ``Upload-Checksum`` (then the whole
+request's bytes are unverifiable and are cut off again, as the checksum extension asks). On the last byte
+the part file is renamed into place and becomes a checkpoint or dataset through the same `record_upload` as a
+plain upload, with the upload's id as its id.
 
 The file's SHA-256 is carried across ``PATCH`` requests in this process (`_HASHERS`); a process that did not
 see every byte (a restart, another API process) reads the part file once at the end instead.
@@ -40,7 +41,7 @@ from api.services import checkpoints, datasets
 from api.services.limits import check_quota
 from api.services.owned import get_owned
 from api.services.uploads import too_large_message
-from api.storage import WRITE_BUFFER_BYTES, StoredFile
+from api.storage import WRITE_BUFFER_BYTES, BlockWriter, StoredFile
 from store.models import Checkpoint, Dataset, ResumableUpload, utcnow
 
 TUS_VERSION = "1.0.0"
@@ -294,52 +295,33 @@ async def _receive(ctx, row: ResumableUpload, fd: int, checksum: bytes | None, c
     cached = _HASHERS.get(row.id)
     file_hash = cached[1].copy() if cached is not None and cached[0] == start else None
     request_hash = hashlib.sha256() if checksum is not None else None
-    written = 0
-    buffer = bytearray()
-
-    def flush(data: bytearray, at: int) -> None:
-        view, done = memoryview(data), 0
-        while done < len(view):  # pwrite may write less than asked
-            done += os.pwrite(fd, view[done:], at + done)
-        for h in (file_hash, request_hash):
-            if h is not None:
-                h.update(data)
-
-    try:
-        async for chunk in chunks:
-            if not chunk:
-                continue
-            if written + len(buffer) + len(chunk) > room:
-                raise Unprocessable(
-                    f"the body goes past Upload-Length ({row.length} bytes; {room} left from offset {start}); "
-                    "send only the remaining bytes"
-                )
-            buffer += chunk
-            if len(buffer) >= WRITE_BUFFER_BYTES:
-                data, buffer = buffer, bytearray()  # hand the block over, no copy
-                await run_in_threadpool(flush, data, start + written)
-                written += len(data)
-        if buffer:
-            await run_in_threadpool(flush, buffer, start + written)
-            written += len(buffer)
-            buffer = bytearray()
-        await run_in_threadpool(os.fsync, fd)
-    except BaseException:
-        if checksum is not None:  # partial bytes cannot be verified against the request's checksum
-            written = 0
-        os.ftruncate(fd, start + written)
-        if written:
-            _remember(row.id, start + written, file_hash)
-            await run_in_threadpool(_save_offset, ctx, row.id, start + written)
-        raise
+    async with BlockWriter(fd, start, [file_hash, request_hash]) as writer:
+        try:
+            async for chunk in chunks:
+                if writer.received + len(chunk) > row.length:
+                    raise Unprocessable(
+                        f"the body goes past Upload-Length ({row.length} bytes; {room} left from offset {start}); "
+                        "send only the remaining bytes"
+                    )
+                await writer.add(chunk)
+            end = await writer.finish()
+        except BaseException:
+            await writer.__aexit__()  # the thread is done: `written` is final and nothing writes any more
+            # Partial bytes cannot be verified against the request's checksum; without one they are kept.
+            end = start if checksum is not None else writer.written
+            os.ftruncate(fd, end)
+            if end > start:
+                _remember(row.id, end, file_hash)
+                await run_in_threadpool(_save_offset, ctx, row.id, end)
+            raise
     if request_hash is not None and request_hash.digest() != checksum:
         os.ftruncate(fd, start)
         raise ChecksumMismatch(
-            f"the {written} bytes sent do not match Upload-Checksum (sha256); they were dropped. Resend them "
+            f"the {end - start} bytes sent do not match Upload-Checksum (sha256); they were dropped. Resend them "
             f"from offset {start}"
         )
-    _remember(row.id, start + written, file_hash)
-    return start + written
+    _remember(row.id, end, file_hash)
+    return end
 
 
 def _remember(upload_id: str, offset: int, file_hash) -> None:

@@ -216,3 +216,53 @@ def test_an_upload_whose_completion_was_not_recorded_is_recognised_as_complete(c
     db.commit()
     r = client.head(url, headers={**tenant_a.headers, **TUS})
     assert r.status_code == 200 and r.headers["L2-Resource"] == resource
+
+
+def test_a_body_that_breaks_after_several_blocks_keeps_what_was_written_and_resumes(client, tenant_a, settings, app):
+    """A PATCH without a checksum whose body stops mid-way (a dropped connection) keeps the bytes its writer
+    thread had written, saves that offset, and the upload resumes from it to the file's SHA-256."""
+    import asyncio
+
+    from api.auth import Caller
+    from api.services import resumable
+    from api.storage import WRITE_BUFFER_BYTES
+
+    settings.max_upload_bytes = 8 * WRITE_BUFFER_BYTES
+    data = hashlib.sha256(b"seed").digest() * (6 * WRITE_BUFFER_BYTES // 32)
+    url = create(client, tenant_a, len(data))
+    upload_id = url.rsplit("/", 1)[1]
+    broke_at = 3 * WRITE_BUFFER_BYTES + 12_345
+
+    async def body_that_breaks():
+        for start in range(0, broke_at, 40_000):
+            yield data[start : min(start + 40_000, broke_at)]
+        raise ConnectionResetError("client went away")
+
+    caller = Caller(tenant_id=tenant_a.tenant_id, tenant_name=tenant_a.name, key_prefix=None)
+    try:
+        asyncio.run(resumable.append(app.state.ctx, caller, upload_id, 0, None, body_that_breaks()))
+    except ConnectionResetError:
+        pass
+    else:
+        raise AssertionError("the broken body did not surface")
+    kept = head_offset(client, tenant_a, url)
+    assert 0 < kept <= broke_at  # whole blocks reached the file before the break
+    part = settings.data_dir / "tmp" / f"tus-{upload_id}.part"
+    assert part.read_bytes() == data[:kept]
+    r = patch(client, tenant_a, url, kept, data[kept:], hashlib.sha256(data[kept:]).digest())
+    assert r.status_code == 204, r.text
+    checkpoint = client.get(r.headers["L2-Resource"], headers=tenant_a.headers).json()
+    assert checkpoint["sha256"] == hashlib.sha256(data).hexdigest() and checkpoint["size_bytes"] == len(data)
+
+
+def test_a_multi_block_body_with_a_wrong_checksum_is_dropped_whole(client, tenant_a, settings):
+    from api.storage import WRITE_BUFFER_BYTES
+
+    settings.max_upload_bytes = 8 * WRITE_BUFFER_BYTES
+    data = b"\x01\x02" * (5 * WRITE_BUFFER_BYTES // 2)
+    url = create(client, tenant_a, len(data))
+    r = patch(client, tenant_a, url, 0, data, hashlib.sha256(data[:-1]).digest())
+    assert r.status_code == 460, r.text
+    assert head_offset(client, tenant_a, url) == 0
+    r = patch(client, tenant_a, url, 0, data, hashlib.sha256(data).digest())
+    assert r.status_code == 204 and int(r.headers["Upload-Offset"]) == len(data)

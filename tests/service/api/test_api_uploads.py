@@ -33,6 +33,23 @@ def test_chunked_upload_without_content_length_is_streamed(client, tenant_a):
     assert r.json()["sha256"] == hashlib.sha256(b"".join(chunks)).hexdigest()
 
 
+def test_a_body_of_many_blocks_and_tiny_chunks_is_stored_whole(client, tenant_a, settings):
+    """The writer thread takes blocks of received chunks: a large body whose blocks hold more chunks than one
+    pwritev takes (a trickling client) is stored byte for byte, with its SHA-256."""
+    from api.storage import WRITE_BUFFER_BYTES
+
+    settings.max_upload_bytes = 4 * WRITE_BUFFER_BYTES
+    big = [bytes([i]) * 65_536 for i in range(40)]  # 2.5 MiB in 64 KiB chunks
+    tiny = [bytes([i % 251]) * 97 for i in range(12_000)]  # ~1.1 MiB in 97-byte chunks
+    chunks = big + tiny + [b"end"]
+    r = client.post("/v1/checkpoints", params={"filename": "m.pt"}, content=iter(chunks), headers=tenant_a.headers)
+    assert r.status_code == 201, r.text
+    data = b"".join(chunks)
+    assert r.json()["sha256"] == hashlib.sha256(data).hexdigest() and r.json()["size_bytes"] == len(data)
+    stored = files_under(settings.data_dir / "checkpoints")
+    assert len(stored) == 1 and stored[0].read_bytes() == data
+
+
 def test_upload_over_the_size_limit_is_413_and_leaves_no_file(client, tenant_a, settings):
     r = upload_checkpoint(client, tenant_a, b"x" * (MAX_UPLOAD + 1))
     assert r.status_code == 413
