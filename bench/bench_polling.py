@@ -31,7 +31,6 @@ import os
 import platform
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,7 +42,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.http_load import load  # noqa: E402  (run as a script: the checkout is not on sys.path)
+# Run as a script: the checkout is not on sys.path until the line above.
+from bench.http_load import load  # noqa: E402
+from bench.local_service import api_command, clean_env, free_port, start, stop_group, wait_answering  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -57,12 +58,6 @@ JOB_OPTIONS = {"rounds": 20, "transform_iters": 500, "weight_iters": 500}
 TINY_JOB = {"rounds": 1, "transform_iters": 2, "weight_iters": 2}
 TARGET_P99_MS = 100.0
 TARGET_IDLE_RPS = 1000.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Service:
@@ -79,15 +74,12 @@ class Service:
         self.procs: list[subprocess.Popen] = []
         self.pg_name = None
         self.redis_db = None
-        env = {k: v for k, v in os.environ.items() if not k.startswith("L2_")}
-        env.update(
-            {
-                "L2_DATA_DIR": str(self.data),
-                "L2_AUTH_ENABLED": "false",
-                "L2_PROGRESS_MIN_INTERVAL_S": "1.0",
-                "L2_RATE_LIMIT_PER_WINDOW": "0",
-                "PYTHONUNBUFFERED": "1",
-            }
+        env = clean_env(
+            L2_DATA_DIR=str(self.data),
+            L2_AUTH_ENABLED="false",
+            L2_PROGRESS_MIN_INTERVAL_S="1.0",
+            L2_RATE_LIMIT_PER_WINDOW="0",
+            PYTHONUNBUFFERED="1",
         )
         if backend == "postgres":
             self._postgres_and_redis(env)
@@ -128,35 +120,19 @@ class Service:
         )
         if out.returncode:
             raise RuntimeError(out.stderr[-2000:])
-        logs = open(self.folder / "service.log", "ab")
-        api = [sys.executable, "-m", "uvicorn", "--factory", "api.app:create_app", "--host", "127.0.0.1"]
-        api += ["--port", str(self.port), "--log-level", "warning", "--no-access-log"]
-        api += ["--workers", str(self.api_workers)]
+        log = self.folder / "service.log"
+        api = api_command(self.port, "--no-access-log", "--workers", str(self.api_workers))
         if self.plain_uvicorn:  # what the service ran on before uvloop and httptools were dependencies
             api += ["--loop", "asyncio", "--http", "h11"]
         worker = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "cpu,gpu"]
         worker += ["--concurrency", "1", "-P", "prefork", "-l", "warning", "-n", f"bench-{secrets.token_hex(3)}@%h"]
         worker += ["--without-gossip", "--without-mingle"]
-        for command, env in ((api, self.env), (worker, self.worker_env)):
-            self.procs.append(
-                subprocess.Popen(
-                    command, env=env, cwd=self.root, stdout=logs, stderr=subprocess.STDOUT, start_new_session=True
-                )
-            )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.base_url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise TimeoutError("API did not start")
+        self.procs = [start(api, self.env, log, cwd=self.root), start(worker, self.worker_env, log, cwd=self.root)]
+        wait_answering(f"{self.base_url}/healthz", self.procs[0], timeout_s=120, log=log)
 
     def stop(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_group(proc, signal.SIGKILL)
         if self.pg_name:
             import psycopg
 
@@ -219,6 +195,7 @@ def wait_until(base_url: str, job_id: str, done) -> dict:
 
 # -- measuring ----
 def measure(service: Service, job_id: str, interval_s: float, args, scenario: str) -> dict:
+    load_before = os.getloadavg()[0]
     before = httpx.get(f"{service.base_url}/v1/jobs/{job_id}", timeout=60).json()
     result = asyncio.run(
         load(
@@ -242,6 +219,7 @@ def measure(service: Service, job_id: str, interval_s: float, args, scenario: st
             "job_progress_before": round(before["progress"], 4),
             "job_progress_after": round(after["progress"], 4),
             "job_state_after": after["state"],
+            "load_average_before": round(load_before, 1),
             "load_average": round(os.getloadavg()[0], 1),
         }
     )
@@ -290,15 +268,40 @@ def verdict(run: dict) -> str:
     return "yes" if ok else "**no**"
 
 
+def machine() -> str:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        platform.processor() or "unknown CPU",
+    )
+    return f"{os.cpu_count()} cores ({model}), Linux {platform.release()}"
+
+
+# The first measurement (httpx pollers, before the rewrite of this script): kept beside the new rows.
+FIRST_MEASUREMENT = (
+    "The first measurement (2026-11-30 08:54 UTC, commit dc89400, 50 httpx pollers, one API process on asyncio "
+    "+ h11, worker with 1 torch thread, load 3.1): back-to-back 102 req/s on PostgreSQL and 138 req/s embedded "
+    "(p99 2.2 s and 1.6 s); paced once a second, p99 45 ms and 18 ms. Its raw numbers are under "
+    "`first_measurement` in polling.json."
+)
+
+
 def write_results(runs: list[dict], args) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "polling.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
     labels = previous.get("labels", {})
+    first = previous.get("first_measurement") or (
+        {"meta": previous["meta"], "runs": previous["runs"]} if "runs" in previous else None
+    )
     labels[args.label] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": args.commit or git_commit(Path(args.root)),
         "command": " ".join(sys.argv),
+        "machine": machine(),
         "cpu_count": os.cpu_count(),
         "load_average_at_end": os.getloadavg(),
         "python": platform.python_version(),
@@ -308,7 +311,7 @@ def write_results(runs: list[dict], args) -> None:
         "job_options": JOB_OPTIONS,
         "runs": runs,
     }
-    path.write_text(json.dumps({"labels": labels}, indent=2) + "\n")
+    path.write_text(json.dumps({"labels": labels, "first_measurement": first}, indent=2) + "\n")
     lines = [
         "# Polling: `GET /v1/jobs/{id}` with the worker idle and while a job computes",
         "",
@@ -316,8 +319,8 @@ def write_results(runs: list[dict], args) -> None:
         "uvicorn API process(es) on 127.0.0.1; one Celery worker process on the same machine compresses the "
         "digits CNN and writes the polled row's progress every second. Each run is bounded by "
         f"{args.requests} responses or {args.seconds:g} s. Produced by `bench/bench_polling.py` (commands "
-        "below). Machine: 2 CPU cores, **shared with other engineers' test runs while measured**: the load "
-        "average at each run is in the table (on an otherwise idle machine it is about 2 while a job computes).",
+        f"below). Machine: {machine()}, shared with another engineer's experiments, which waited on a common "
+        "lock while each label ran; the 1-minute load average before and after each run is in the table.",
         "",
         f"Targets (issue 12): ≥ {TARGET_IDLE_RPS:.0f} req/s with the worker idle; p99 < {TARGET_P99_MS:.0f} ms "
         "for paced pollers while a job computes.",
@@ -333,7 +336,7 @@ def write_results(runs: list[dict], args) -> None:
                 f"| {r['worker_nice']} / {r['worker_threads']} "
                 f"| {r['scenario']} | {r['mode']} | {r['requests']} | {sum(r['errors'].values())} "
                 f"| {r['throughput_rps']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['max_ms']} "
-                f"| {r['load_average']} | {verdict(r)} |"
+                f"| {r.get('load_average_before', '?')} → {r['load_average']} | {verdict(r)} |"
             )
     lines += ["", "Runs:", ""]
     for label, block in labels.items():
@@ -343,6 +346,8 @@ def write_results(runs: list[dict], args) -> None:
         "Paced pollers (each asks once a second, like a UI or the demo) measure the latency a client sees; "
         "back-to-back pollers measure capacity, and their latency is mostly waiting in line (≈ pollers / "
         "throughput). Latency is taken in the client, which shares the cores with the server.",
+        "",
+        FIRST_MEASUREMENT,
         "",
     ]
     (RESULTS / "polling.md").write_text("\n".join(lines))

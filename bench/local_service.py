@@ -44,14 +44,15 @@ def api_command(port: int, *extra: str, log_level: str = "warning") -> list[str]
     return [*command, "--port", str(port), "--log-level", log_level, *extra]
 
 
-def start(command: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
-    """Run ``command`` from the checkout in a new session, its output appended to ``log`` (or inherited)."""
+def start(command: list[str], env: dict[str, str], log: Path | None = None, cwd: Path = ROOT) -> subprocess.Popen:
+    """Run ``command`` from the checkout (or ``cwd``, e.g. an export of an older commit) in a new session, its
+    output appended to ``log`` (or inherited)."""
     out = open(log, "ab") if log is not None else None
     try:
         return subprocess.Popen(
             command,
             env=env,
-            cwd=ROOT,
+            cwd=cwd,
             stdout=out,
             stderr=subprocess.STDOUT if out is not None else None,
             start_new_session=True,
