@@ -55,6 +55,7 @@ class CompressionOptions(_Strict):
         None, description="gptq: second-order rounding under the learned grids; nearest: round to nearest"
     )
     gptq_samples: int | None = Field(None, ge=1, le=100_000, description="calibration samples GPTQ measures")
+    gptq_damping: float | None = Field(None, gt=0, le=100, description="GPTQ's damping λ (H + λ·mean diag H)")
     sensitivity_batches: int | None = Field(None, ge=1, le=10_000, description="probe batches of the allocation")
     feature_modules: list[str] | None = None
     feature_weight: float | None = Field(None, ge=0)

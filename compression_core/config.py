@@ -28,7 +28,8 @@ class CompressionConfig:
     ``sensitivity`` (steps ∝ 1/√(measured sensitivity), spending the budget), ``equal_step`` (one step for
     every weight) or ``equal_bits`` (the same bits per weight in every tensor); see `recon/allocation.py`.
     ``rounding``: ``gptq`` (second-order rounding of the codes under the learned grids, `recon/gptq.py`, on
-    ``gptq_samples`` samples) or ``nearest``.
+    ``gptq_samples`` samples) or ``nearest``; ``gptq_damping``: λ of H + λ·mean(diag H)·I (larger trusts
+    the calibration inputs less).
     ``holdout_fraction`` of the calibration samples is never used for optimization, only to report accuracy.
     ``output_keys``: which named outputs (dict / ModelOutput entries, e.g. ``("last_hidden_state",)``) the
     distillation distance compares; empty means every floating-point output. Token outputs count only real
@@ -50,6 +51,7 @@ class CompressionConfig:
     allocation: str = "sensitivity"
     rounding: str = "gptq"
     gptq_samples: int = 128
+    gptq_damping: float = 0.1
     sensitivity_batches: int = 16
     feature_modules: tuple[str, ...] = ()
     feature_weight: float = 1.0
@@ -88,6 +90,7 @@ class CompressionConfig:
         need(self.allocation in ALLOCATIONS, "allocation", f"one of {ALLOCATIONS}")
         need(self.rounding in ROUNDINGS, "rounding", f"one of {ROUNDINGS}")
         need(self.gptq_samples >= 1, "gptq_samples", "must be ≥ 1")
+        need(self.gptq_damping > 0, "gptq_damping", "must be > 0")
         need(self.sensitivity_batches >= 1, "sensitivity_batches", "must be ≥ 1")
         need(0.0 <= self.holdout_fraction < 1.0, "holdout_fraction", "must be in [0, 1)")
         need(self.min_coded_numel >= 1, "min_coded_numel", "must be ≥ 1")

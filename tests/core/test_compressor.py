@@ -188,3 +188,21 @@ def test_learned_weights_are_written_only_when_they_beat_the_start_on_unseen_sam
     rounded = compress(model, calibration, 12.0, config=CompressionConfig(rounds=0, rounding="gptq"))
     chosen = rounded.evaluation["selection"]
     assert chosen["kept"] == "optimized" and chosen["optimized_distance"] < chosen["start_distance"]
+
+
+def test_a_longer_schedule_keeps_the_shorter_presets_result_as_a_candidate(digits):
+    """With gradient phases and GPTQ, the GPTQ-rounded start (what `fast` writes) is judged beside the learned
+    weights: a wrecking schedule writes exactly what the schedule without phases writes."""
+    model, split = digits
+    calibration = split.train_x[:400]
+    fast = compress(model, calibration, 12.0, config=CompressionConfig(rounds=0, rounding="gptq"))
+    wrecked = compress(
+        model, calibration, 12.0,
+        config=CompressionConfig(rounds=1, transform_iters=0, weight_iters=10, weight_lr=5.0, rounding="gptq"),
+    )
+    chosen = wrecked.evaluation["selection"]
+    assert set(chosen) >= {"start_distance", "gptq_distance", "optimized_distance"}
+    assert chosen["kept"] == "gptq"
+    assert chosen["gptq_distance"] == min(chosen["start_distance"], chosen["optimized_distance"],
+                                          chosen["gptq_distance"])
+    assert all(torch.equal(wrecked.state_dict[k], v) for k, v in fast.state_dict.items())
