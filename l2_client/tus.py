@@ -1,7 +1,8 @@
 """The client side of the server's tus 1.0 uploads: create, then ``PATCH`` the file in chunks, each with its
 SHA-256 (``Upload-Checksum``); after a dropped connection, ``HEAD`` asks the server for its offset and the
 upload goes on from there. Memory use is one chunk's hash state, not the file: each chunk is read twice from
-disk (once to hash it, once streamed as the body)."""
+disk (once to hash it, once streamed as the body). The next chunk is hashed in a thread while the current one
+is on its way, so hashing does not hold up sending."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -91,13 +93,13 @@ class ResumableUpload:
         response = self.transport.request("HEAD", self.url, headers=TUS_HEADERS)
         return int(response.headers["Upload-Offset"]), response.headers.get("L2-Resource")
 
-    def _patch(self, offset: int) -> httpx.Response:
+    def _patch(self, offset: int, checksum: str) -> httpx.Response:
         length = min(self.chunk_bytes, self.size - offset)
         headers = {
             **TUS_HEADERS,
             "Content-Type": "application/offset+octet-stream",
             "Upload-Offset": str(offset),
-            "Upload-Checksum": _chunk_checksum(self.path, offset, length),
+            "Upload-Checksum": checksum,
             "Content-Length": str(length),
         }
         # No automatic retry here: after a failure the server's offset decides what to send next.
@@ -117,27 +119,41 @@ class ResumableUpload:
             offset, resource = 0, None
         else:
             offset, resource = self.offset()
-        while resource is None:
-            try:
-                response = self._patch(offset)
-                offset = int(response.headers["Upload-Offset"])
-                resource = response.headers.get("L2-Resource")
-                if self.on_progress:
-                    self.on_progress(offset, self.size)
-                if offset >= self.size and resource is None:
-                    raise L2Error(f"the server received all {self.size} bytes but named no resource")
-            except (httpx.TransportError, APIError, ConnectionFailed) as exc:
-                # Conflict: the server may still be finishing the request that broke (it holds the upload).
-                if isinstance(exc, APIError) and exc.status_code not in RESUMABLE_STATUSES:
-                    raise
-                self.resumes += 1
-                if self.resumes > self.max_resumes:
-                    raise ConnectionFailed(
-                        f"upload of {self.path} stopped at byte {offset} of {self.size} after {self.resumes - 1} "
-                        f"resumes ({type(exc).__name__}: {exc}); call upload() again to resume from the server's "
-                        f"offset ({self.url})"
-                    ) from exc
-                response = exc.response if isinstance(exc, APIError) else None
-                time.sleep(self.transport.delay(min(self.resumes, 5), response))
-                offset, resource = self.offset()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="l2-tus-checksum") as hasher:
+            checksums: dict[int, Future[str]] = {}  # the chunk at this offset: its checksum, being computed
+
+            def checksum_at(start: int) -> Future[str]:
+                if start not in checksums:
+                    checksums.clear()  # only the newest is kept: the one just sent, or one a resume skipped
+                    length = min(self.chunk_bytes, self.size - start)
+                    checksums[start] = hasher.submit(_chunk_checksum, self.path, start, length)
+                return checksums[start]
+
+            while resource is None:
+                try:
+                    checksum = checksum_at(offset).result()
+                    following = offset + min(self.chunk_bytes, self.size - offset)
+                    if following < self.size:
+                        checksum_at(following)  # hashed while this chunk is on its way
+                    response = self._patch(offset, checksum)
+                    offset = int(response.headers["Upload-Offset"])
+                    resource = response.headers.get("L2-Resource")
+                    if self.on_progress:
+                        self.on_progress(offset, self.size)
+                    if offset >= self.size and resource is None:
+                        raise L2Error(f"the server received all {self.size} bytes but named no resource")
+                except (httpx.TransportError, APIError, ConnectionFailed) as exc:
+                    # Conflict: the server may still be finishing the request that broke (it holds the upload).
+                    if isinstance(exc, APIError) and exc.status_code not in RESUMABLE_STATUSES:
+                        raise
+                    self.resumes += 1
+                    if self.resumes > self.max_resumes:
+                        raise ConnectionFailed(
+                            f"upload of {self.path} stopped at byte {offset} of {self.size} after "
+                            f"{self.resumes - 1} resumes ({type(exc).__name__}: {exc}); call upload() again to "
+                            f"resume from the server's offset ({self.url})"
+                        ) from exc
+                    response = exc.response if isinstance(exc, APIError) else None
+                    time.sleep(self.transport.delay(min(self.resumes, 5), response))
+                    offset, resource = self.offset()
         return resource

@@ -293,7 +293,10 @@ async def _receive(ctx, row: ResumableUpload, fd: int, checksum: bytes | None, c
     start, room = row.offset, row.length - row.offset
     os.ftruncate(fd, start)  # drop bytes of an earlier request that died before saving its offset
     cached = _HASHERS.get(row.id)
-    file_hash = cached[1].copy() if cached is not None and cached[0] == start else None
+    if start == 0:
+        file_hash = hashlib.sha256()  # the first bytes: hash the file on the way instead of reading it at the end
+    else:
+        file_hash = cached[1].copy() if cached is not None and cached[0] == start else None
     request_hash = hashlib.sha256() if checksum is not None else None
     async with BlockWriter(fd, start, [file_hash, request_hash]) as writer:
         try:
