@@ -2,7 +2,11 @@
 client's `ResumableUpload`: 64 MiB PATCH requests with a sha256 checksum each) and through the plain upload
 (one streamed POST), on loopback against a uvicorn API on the embedded default.
 
-    python bench/bench_upload.py [--size-gib 4]     # writes bench/results/upload.md and upload.json
+    python bench/bench_upload.py [--size-gib 4] [--label after] [--commit HASH]
+                                          # writes bench/results/upload.md and upload.json
+
+Each run is stored under its label (rerunning a label replaces it), so upload.md shows before and after side
+by side; run an older checkout's service by running this script from an export of that commit.
 
 The source file is sparse (zeros; created with truncate, deleted afterwards) so the figures measure the
 service, not the client's disk. Peak RSS is the server process's VmHWM from /proc after each run (a fresh
@@ -45,6 +49,13 @@ def start_server(data_dir: Path, port: int) -> subprocess.Popen:
     proc = start(api_command(port), env)
     wait_answering(f"http://127.0.0.1:{port}/healthz", proc, timeout_s=120)
     return proc
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -118,6 +129,8 @@ def run(kind: str, source: Path, work: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-gib", type=float, default=4.0)
+    parser.add_argument("--label", default="after", help="row label in the results (rerunning a label replaces it)")
+    parser.add_argument("--commit", default=None, help="commit to record (default: git rev-parse HEAD)")
     args = parser.parse_args()
     size = int(args.size_gib * 1024**3)
     free = shutil.disk_usage(ROOT).free
@@ -134,38 +147,54 @@ def main() -> int:
         rows = [run("resumable", source, work), run("plain", source, work)]
         load_after = os.getloadavg()[0]
         source.unlink()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    commit = (
+        args.commit
+        or subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    )
     meta = {
-        "command": f"python bench/bench_upload.py --size-gib {args.size_gib:g}",
+        "command": f"python bench/bench_upload.py --size-gib {args.size_gib:g} --label {args.label}",
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": commit.strip(),
-        "machine": f"{os.cpu_count()} cores (shared with other engineers' work while this ran), loopback",
+        "commit": commit,
+        "machine": f"{os.cpu_count()} cores ({cpu_model()}), loopback, SQLite",
         "load_average_1min": [round(load_before, 1), round(load_after, 1)],
         "rows": rows,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "upload.json").write_text(json.dumps(meta, indent=2) + "\n")
+    path = RESULTS / "upload.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    labels = previous.get("labels") or ({f"{previous['commit']} (load 22)": previous} if "rows" in previous else {})
+    labels[args.label] = meta
+    path.write_text(json.dumps({"labels": labels}, indent=2) + "\n")
     lines = [
         "# Upload throughput and server memory",
         "",
-        f"`{meta['command']}` — {meta['date']}, commit {meta['commit']}, {meta['machine']}.",
-        "Source: a sparse file of zeros; server: uvicorn `api.app:create_app`, embedded default (SQLite).",
-        "The CPU was shared with other engineers' builds and tests (1-minute load average "
-        f"{meta['load_average_1min'][0]} before, {meta['load_average_1min'][1]} after, on 2 cores), so the "
-        "throughput is a lower bound.",
+        "A 4 GiB file through the resumable path (tus: the client's `ResumableUpload`, 64 MiB PATCH requests "
+        "with a sha256 checksum each) and through the plain upload (one streamed POST), on loopback against "
+        "a fresh uvicorn API process on the embedded default (SQLite). Source: a sparse file of zeros. "
+        "Produced by `bench/bench_upload.py` (commands below). Aim (issue 10): ≥ 200 MB/s, server peak RSS "
+        "flat and < 200 MB.",
         "",
-        "CPU seconds per GiB (server process, all threads; client = this process) barely depend on the load:",
-        "on an idle machine the throughput is bounded by about 1 GiB / max(server, client) CPU seconds.",
+        "CPU seconds per GiB: server process (all threads) and client (this process).",
         "",
-        "| path | GiB | seconds | MB/s | server CPU s/GiB | client CPU s/GiB | server RSS after start (MiB) "
-        "| server RSS peak (MiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| label | path | GiB | seconds | MB/s | server CPU s/GiB | client CPU s/GiB | server RSS after start "
+        "(MiB) | server RSS peak (MiB) | load avg |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for r in rows:
+    for label, block in labels.items():
+        load = block.get("load_average_1min", ["?", "?"])
+        for r in block["rows"]:
+            lines.append(
+                f"| {label} | {r['path']} | {r['bytes'] / 1024**3:.2f} | {r['seconds']} | {r['throughput_mb_s']} "
+                f"| {r['server_cpu_s_per_gib']} | {r['client_cpu_s_per_gib']} | {r['server_rss_idle_mib']} "
+                f"| {r['server_rss_peak_mib']} | {load[0]} → {load[1]} |"
+            )
+    lines += ["", "Runs:", ""]
+    for label, block in labels.items():
         lines.append(
-            f"| {r['path']} | {r['bytes'] / 1024**3:.2f} | {r['seconds']} | {r['throughput_mb_s']} | "
-            f"{r['server_cpu_s_per_gib']} | {r['client_cpu_s_per_gib']} | {r['server_rss_idle_mib']} | "
-            f"{r['server_rss_peak_mib']} |"
+            f"- **{label}**: commit `{block['commit'] or '?'}`, {block['date']}, {block['machine']}: "
+            f"`{block['command']}`"
         )
     (RESULTS / "upload.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
