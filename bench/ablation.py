@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import models as bench_models  # noqa: E402
-from bench.run_all import evaluate_run, run_l2  # noqa: E402
+from bench.run_all import evaluate_run, git_commit, run_l2  # noqa: E402
 from compression_core.config import CompressionConfig  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -57,13 +56,6 @@ def parse_overrides(text: str) -> dict:
     return out
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["efficientnet_lite0"])
@@ -71,6 +63,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "OVERRIDES"), required=True)
     parser.add_argument("--probe", action="store_true", help="also run the Fashion-MNIST probe (EfficientNet)")
     parser.add_argument("--tag", default="", help="free text recorded with every run (what is being tested)")
+    parser.add_argument(
+        "--attribute", action="store_true",
+        help="also score the model with only one family of layers decoded (classifier, depthwise, pointwise, "
+        "other convolutions, 1-D parameters), the rest left at fp32: where the loss comes from",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -90,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
                 with tempfile.TemporaryDirectory() as tmp:
                     t0 = time.perf_counter()
                     run = run_l2(subject, target, config, torch.device("cpu"), Path(tmp))
+                    attribution = attribute(subject, run.state_dict) if args.attribute else None
                     evaluate_run(subject, run, torch.device("cpu"))
                 row = {
                     "subject": name,
@@ -102,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
                     "wall_s": round(time.perf_counter() - t0, 1),
                     "holdout": {k: v for k, v in run.extra["holdout"].items() if not isinstance(v, dict)},
                     "selection": run.extra["holdout"].get("selection"),
+                    **({"attribution": attribution} if attribution else {}),
                     "tag": args.tag,
                     "commit": git_commit(),
                     "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -113,6 +112,34 @@ def main(argv: list[str] | None = None) -> None:
                 logging.info("%s %s %g× → %.2f× %s (%.0f s)", name, variant, target, run.ratio, run.scores,
                              run.compress_s)
     render(journal, args.out / "ablation.md")
+
+
+def layer_family(model: torch.nn.Module, name: str) -> str:
+    module = dict(model.named_modules()).get(name.rpartition(".")[0])
+    if isinstance(module, torch.nn.Linear):
+        return "linear"
+    if isinstance(module, torch.nn.Conv2d) and name.endswith("weight"):
+        if module.groups > 1:
+            return "depthwise"
+        return "pointwise" if module.kernel_size == (1, 1) else "conv"
+    return "1-D and other"
+
+
+def attribute(subject, decoded: dict[str, torch.Tensor]) -> dict:
+    """The subject's first evaluation with one family of layers decoded and everything else original."""
+    import copy
+
+    original = subject.model.state_dict()
+    families = {name: layer_family(subject.model, name) for name in original}
+    evaluate = next(iter(subject.evaluations.values()))[0]
+    scores = {}
+    for family in dict.fromkeys(families.values()):
+        model = copy.deepcopy(subject.model)
+        model.load_state_dict({
+            k: (decoded[k] if families[k] == family else v).to(v.dtype) for k, v in original.items()
+        })
+        scores[family] = evaluate(model.eval())
+    return scores
 
 
 def render(journal: Path, path: Path) -> None:
@@ -146,6 +173,19 @@ def render(journal: Path, path: Path) -> None:
                 f"{r['compress_s']:.0f} | {r.get('tag', '')} | {r['commit']} |"
             )
         lines.append("")
+        attributed = [r for r in rows if r["subject"] == subject and r.get("attribution")]
+        if attributed:
+            lines += [
+                "Where the loss comes from (`--attribute`): the same decoded file with only one family of layers "
+                "decoded, all others at fp32.",
+                "",
+                "| variant | target | " + " | ".join(attributed[0]["attribution"]) + " | commit |",
+                "|---|---|" + "---|" * len(attributed[0]["attribution"]) + "---|",
+            ]
+            for r in attributed:
+                cells = [", ".join(f"{m} {v:.4f}" for m, v in s.items()) for s in r["attribution"].values()]
+                lines.append(f"| {r['variant']} | {r['target']:g}× | " + " | ".join(cells) + f" | {r['commit']} |")
+            lines.append("")
     path.write_text("\n".join(lines))
 
 

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -244,6 +245,14 @@ def bench_subject(
     }
 
 
+def git_commit() -> str:
+    """HEAD of the tree the bench runs in (uncommitted changes are not visible here: commit before measuring)."""
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -337,6 +346,8 @@ def main(argv: list[str] | None = None) -> dict:
             "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
         },
         "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "command": " ".join(["bench/run_all.py", *sys.argv[1:]]),
         "subjects": {},
     }
     started = time.perf_counter()

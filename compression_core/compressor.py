@@ -45,6 +45,7 @@ from compression_core.recon.state import QuantizedState
 from compression_core.records import ArtifactContents, CodedTensor
 from compression_core.report import RunSummary, file_metadata, layer_report, original_bytes
 from compression_core.result import CompressionResult
+from compression_core.timeline import plan_compression, revise
 from compression_core.token_mask import token_mask
 from compression_core.transforms import plan_tensor
 from compression_core.transforms.levels import decode_symbols
@@ -157,6 +158,20 @@ def compress(
             f"weight and the coder spends at most {MAX_BITS_PER_WEIGHT:g}; the lowest reachable ratio for this "
             f"model is {lowest:g}; ask for at least that"
         )
+    iterations = config.rounds * (config.transform_iters + config.weight_iters)
+    optimize_idx, select_idx = split_selection(num_samples(train_inputs), config.seed)
+    with_batchnorm = config.bn_recalibration and has_batchnorm(work)
+    batchnorm_samples = num_samples(train_inputs) + 2 * min(num_samples(train_inputs), 512)
+    timeline = plan_compression(
+        iterations=iterations, gptq=config.rounding == "gptq", batch_size=config.batch_size,
+        probe_samples=config.sensitivity_batches * config.batch_size,
+        gptq_samples=min(config.gptq_samples, optimize_idx.numel()), selection_samples=select_idx.numel(),
+        candidates=1 + int(config.rounding == "gptq") + int(iterations > 0),
+        batchnorm_samples=batchnorm_samples if with_batchnorm else 0, holdout_samples=holdout_idx.numel(),
+    )
+    reporter = Reporter(iterations, progress, should_cancel)
+    timeline.begin("probe")
+    probe_started = time.monotonic()
     coded = [p for p in plans if p.kind is not None]
     vectors = {p.name: work_sd[p.name] for p in coded if p.kind == "linear" and work_sd[p.name].dim() < 2}
     weights = {p.name: work_sd[p.name] for p in coded if p.name not in vectors}
@@ -177,6 +192,11 @@ def compress(
     else:
         start_bits = initial_bits(weights, vectors, budget.payload_bits(init_side), config.allocation,
                                   _MIN_INIT_BITS)
+    if config.allocation == "sensitivity" and weights:
+        probed = 3 * config.sensitivity_batches * min(config.batch_size, num_samples(train_inputs))
+        timeline.measure("sample", (time.monotonic() - probe_started) / max(1, probed))
+    else:
+        timeline.measure("sample", _seconds_per_sample(work, train_inputs, config, device))
     state = QuantizedState({k: work_sd[k] for k in original_sd}, plans, config, start_bits, start_steps)
     state = state.to(device)
 
@@ -195,12 +215,10 @@ def compress(
         cache["step"] += 1
         return cache["value"]
 
-    iterations = config.rounds * (config.transform_iters + config.weight_iters)
-    reporter = Reporter(iterations, progress, should_cancel)
     reporter.emit(
         "start",
         0,
-        0.0,
+        timeline.fraction(),
         message=f"{len(state.names)} coded tensors, {coded_numel} weights, "
         f"{init_bits:.3f} bits/weight budget",
     )
@@ -211,51 +229,75 @@ def compress(
         contents.metadata = {**(metadata or {}), **file_metadata(layers, target_ratio, total_original)}
         return contents
 
-    def land() -> tuple[ArtifactContents, int, float]:
-        return fit_target(state, finished, measure_file_bytes, budget.target_file_bytes, config.ratio_tolerance)
+    def land(stage: str, phase: str, rounder: GptqRounder | None = None) -> tuple[ArtifactContents, int, float]:
+        """Land the exact file size (GPTQ rounding afresh at every grid the controller tries, when given),
+        timing each build for the progress estimate."""
+        timeline.begin(stage)
+        revise(timeline)
+        builds = []
 
-    optimize_idx, select_idx = split_selection(num_samples(train_inputs), config.seed)
+        def build() -> ArtifactContents:
+            reporter.check_cancel()
+            t0 = time.monotonic()
+            if rounder is not None:
+                rounder.round_into()
+                timeline.measure("round", time.monotonic() - t0)
+            t1 = time.monotonic()
+            contents = finished()
+            builds.append(time.monotonic() - t1)
+            expected = timeline.unit("builds", 10.0)
+            reporter.emit(phase, iterations, timeline.fraction(min(0.95, len(builds) / expected)))
+            return contents
+
+        landed = fit_target(state, build, measure_file_bytes, budget.target_file_bytes, config.ratio_tolerance)
+        timeline.measure("build", sum(builds) / len(builds))
+        timeline.measure("builds", len(builds))
+        revise(timeline)
+        return landed
+
     optimize_inputs = select(train_inputs, optimize_idx)
     # The start: the initial allocation, rounded to nearest, at exactly the target size. Everything after it
     # must beat it on samples it never optimized on, or the start is what gets written.
-    candidates = {"start": land()}
+    candidates = {"start": land("land_start", "finalize")}
     rounder = None
     if config.rounding == "gptq" and state.names:
-        reporter.emit("gptq", 0, 0.02, message="measuring every linear/conv layer's input Hessian")
+        timeline.begin("hessians")
+        reporter.emit("gptq", 0, timeline.fraction(), message="measuring every linear/conv layer's input Hessian")
         rounder = GptqRounder(
             work, {n: (w, t) for n, w, t in state.items()}, optimize_inputs, config.batch_size, device,
             config.gptq_samples, damping=config.gptq_damping,
         )
     with_phases = bool(state.names and iterations)
     if rounder is not None:
-        reporter.emit("gptq", 0, 0.04, message="second-order rounding of the initial allocation")
+        reporter.emit("gptq", 0, timeline.fraction(), message="second-order rounding of the initial allocation")
         unrounded = copy.deepcopy(state.state_dict())
-        rounded_start = _land_rounded(state, rounder, finished, budget, config)
+        rounded_start = land("land_gptq", "gptq", rounder)
         if with_phases:  # what the shorter preset writes stays a candidate; the phases begin at the start
             candidates["gptq"] = rounded_start
             state.load_state_dict(unrounded)
         else:
             candidates["optimized"] = rounded_start
     if with_phases:
+        timeline.begin("schedule")
         run_schedule(work, state, optimize_inputs, config, budget, side_bytes, reporter, device,
-                     fraction_span=(0.08, 0.85))
+                     fraction_of=timeline.fraction)
         reporter.check_cancel()
-        reporter.emit("finalize", iterations, 0.86, message="landing the exact file size")
+        reporter.emit("finalize", iterations, timeline.fraction(), message="landing the exact file size")
         if rounder is not None:
             rounder.take_current_weights()
-            candidates["optimized"] = _land_rounded(state, rounder, finished, budget, config)
-        else:
-            candidates["optimized"] = land()
+        candidates["optimized"] = land("land_final", "finalize", rounder)
     selection = {"kept": "start"}
+    timeline.begin("select")
     if len(candidates) > 1:
-        reporter.emit("select", iterations, 0.9, message="choosing between start and learned weights")
+        reporter.emit("select", iterations, timeline.fraction(), message="choosing between start and learned weights")
         selection = _select_best(
             model, original_sd, {k: c[0] for k, c in candidates.items()}, train_inputs, select_idx, config, device
         )
     contents, file_bytes, log_alpha = candidates[selection["kept"]]
     decoded = decode_state_dict(contents, original_sd)
     reporter.check_cancel()
-    decoded_model, bn_note = _maybe_recalibrate(model, decoded, train_inputs, config, device, reporter)
+    timeline.begin("batchnorm")
+    decoded_model, bn_note = _maybe_recalibrate(model, decoded, train_inputs, config, device, reporter, timeline)
     if bn_note.get("kept"):
         recal = {
             k: v for k, v in decoded_model.state_dict().items() if k in decoded and not _is_coded(contents, k)
@@ -263,7 +305,9 @@ def compress(
         contents = replace_stored(contents, recal)
         decoded = decode_state_dict(contents, original_sd)
 
-    reporter.emit("evaluate", iterations, 0.97, message="evaluating the decoded model on held-out samples")
+    timeline.begin("evaluate")
+    reporter.emit("evaluate", iterations, timeline.fraction(),
+                  message="evaluating the decoded model on held-out samples")
     evaluation = _evaluate(model, decoded_model, calibration, holdout_idx, config, device)
     evaluation["batchnorm_recalibration"] = bn_note
     evaluation["ratio_controller_log_alpha"] = log_alpha
@@ -294,17 +338,6 @@ def split_selection(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return perm[k:].sort().values, perm[:k].sort().values
 
 
-def _land_rounded(state, rounder, finished, budget, config) -> tuple[ArtifactContents, int, float]:
-    """Land the exact file size with GPTQ rounding inside the ratio controller (it moves the grid: each
-    call rounds afresh from the rounder's original weights)."""
-
-    def build() -> ArtifactContents:
-        rounder.round_into()
-        return finished()
-
-    return fit_target(state, build, measure_file_bytes, budget.target_file_bytes, config.ratio_tolerance)
-
-
 def _select_best(model, original_sd, candidates, train_inputs, select_idx, config, device) -> dict:
     """Distillation distance of every candidate (the start, and the learned weights; for a longer schedule
     also the shorter one's GPTQ-rounded start), each decoded from its exact-size contents, on the selection
@@ -326,6 +359,16 @@ def _select_best(model, original_sd, candidates, train_inputs, select_idx, confi
     }
 
 
+def _seconds_per_sample(model, inputs: Inputs, config: CompressionConfig, device) -> float:
+    """One timed forward pass of a batch (warm-up excluded), when no sensitivity probe measured it."""
+    batch = to_device(select(inputs, slice(0, min(num_samples(inputs), config.batch_size))), device)
+    with torch.no_grad():
+        call_model(model, batch)
+        t0 = time.monotonic()
+        call_model(model, batch)
+    return (time.monotonic() - t0) / max(1, num_samples(batch))
+
+
 def _transform_floats(plans, tensors: dict[str, torch.Tensor], per_channel: bool) -> int:
     """How many float32 transform parameters the file will carry (two per tensor or per output channel)."""
     total = 0
@@ -340,14 +383,14 @@ def _is_coded(contents: ArtifactContents, name: str) -> bool:
     return any(isinstance(r, CodedTensor) and r.name == name for r in contents.records)
 
 
-def _maybe_recalibrate(model, decoded, train_inputs, config, device, reporter):
+def _maybe_recalibrate(model, decoded, train_inputs, config, device, reporter, timeline):
     """Load the decoded weights into a copy of the model; re-estimate BN statistics when that lowers the
     distillation distance on the optimization samples (never on held-out samples)."""
     candidate = copy.deepcopy(model).float().eval().to(device)
     candidate.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in decoded.items()})
     if not (config.bn_recalibration and has_batchnorm(candidate)):
         return candidate, {"applied": False, "kept": False}
-    reporter.emit("bn_recalibration", 0, 0.94, message="re-estimating BatchNorm statistics")
+    reporter.emit("bn_recalibration", 0, timeline.fraction(), message="re-estimating BatchNorm statistics")
     reference = copy.deepcopy(model).float().eval().to(device)
     probe = select(train_inputs, slice(0, min(num_samples(train_inputs), 512)))
     ref_out = _reference_outputs(reference, probe, config.batch_size, device, config.output_keys)

@@ -144,7 +144,7 @@ def run_schedule(
     side_bytes: Callable[[], float],
     reporter: Reporter,
     device: torch.device,
-    fraction_span: tuple[float, float] = (0.0, 0.9),
+    fraction_of: Callable[[float], float] = lambda done: 0.9 * done,
 ) -> None:
     """Optimize ``state`` in place. ``side_bytes()`` re-estimates the non-payload bytes of the file."""
     n = num_samples(inputs)
@@ -187,5 +187,5 @@ def run_schedule(
                         "total": loss.item(),
                         "round": round_index,
                     }
-                    frac = fraction_span[0] + (fraction_span[1] - fraction_span[0]) * step / total
+                    frac = fraction_of(step / total)
                     reporter.emit(phase, step, frac, losses, budget.estimated_ratio(side, rate.item()))

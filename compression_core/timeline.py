@@ -1,0 +1,122 @@
+"""Progress fractions that track time, so that a linear extrapolation from them is a usable ETA.
+
+A caller (the worker) estimates the remaining time as elapsed·(1 − f)/f. That is right only when f is the
+share of the run's time already spent, and the stages of a compression cost very different amounts (a GPTQ
+landing can take longer than everything else in the ``fast`` preset). So the compressor reports
+f = elapsed / (elapsed + expected remaining), with each stage's duration estimated from what this run has
+measured so far, in a few unit costs: seconds per sample forward pass (from the sensitivity probe), seconds
+per ratio-controller build (from the start's landing), seconds per GPTQ rounding of the network and per
+schedule iteration (from their first calls). The first stages run on guesses; everything after them on
+measurements of this model on this machine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+# Upper bound on a reported fraction before the run is done: "done" is said only by the final event.
+_LAST_FRACTION = 0.995
+
+
+class Timeline:
+    """Ordered stages with estimated seconds. `begin` starts a stage (ending the previous one), `estimate`
+    revises the expected seconds of stages, `fraction` answers f for the current moment given how far
+    (0..1) the current stage is."""
+
+    def __init__(
+        self, stages: dict[str, float], clock: Callable[[], float] = time.monotonic, plan: dict | None = None
+    ) -> None:
+        self.clock = clock
+        self.plan = plan or {}
+        self.started = clock()
+        self.expected = dict(stages)
+        self.order = list(stages)
+        self.current: str | None = None
+        self.stage_started = self.started
+        self.units: dict[str, float] = {}
+
+    def begin(self, stage: str) -> None:
+        if stage not in self.expected:
+            raise KeyError(f"unknown stage {stage!r}; planned: {self.order}")
+        if self.current is not None:
+            self.expected[self.current] = 0.0  # done: nothing of it remains
+        self.current = stage
+        self.stage_started = self.clock()
+
+    def skip(self, stage: str) -> None:
+        """A planned stage that will not run (e.g. BatchNorm recalibration of a model without BatchNorm)."""
+        self.expected[stage] = 0.0
+
+    def estimate(self, **seconds: float) -> None:
+        """Revise the expected seconds of the current or later stages (finished ones stay at 0)."""
+        first = self.order.index(self.current) if self.current else 0
+        for stage, value in seconds.items():
+            if stage in self.expected and self.order.index(stage) >= first:
+                self.expected[stage] = max(0.0, float(value))
+
+    def measure(self, unit: str, seconds: float) -> None:
+        """Record a unit cost (e.g. ``sample`` seconds per sample forward) for later estimates."""
+        self.units[unit] = seconds
+
+    def unit(self, name: str, default: float) -> float:
+        return self.units.get(name, default)
+
+    def fraction(self, within: float = 0.0) -> float:
+        """f for now; ``within`` is the current stage's own progress (0..1), when it knows it."""
+        now = self.clock()
+        elapsed = now - self.started
+        in_stage = now - self.stage_started
+        if self.current is None:
+            current_left = 0.0
+        elif within >= 0.05:
+            current_left = in_stage * (1.0 - within) / within
+        else:
+            current_left = max(self.expected[self.current] - in_stage, 0.1 * self.expected[self.current])
+        later = self.order[self.order.index(self.current) + 1:] if self.current else self.order
+        remaining = current_left + sum(self.expected[s] for s in later)
+        if elapsed <= 0.0:
+            return 0.0
+        return min(_LAST_FRACTION, elapsed / (elapsed + remaining))
+
+
+def plan_compression(
+    *, iterations: int, gptq: bool, batch_size: int, probe_samples: int, gptq_samples: int, selection_samples: int,
+    candidates: int, batchnorm_samples: int, holdout_samples: int, clock: Callable[[], float] = time.monotonic,
+) -> Timeline:
+    """The stages `compress` runs, with zero estimates until the first unit costs are measured (`revise`)."""
+    stages = ["probe", "land_start"]
+    if gptq:
+        stages += ["hessians", "land_gptq"]
+    if iterations:
+        stages += ["schedule", "land_final"]
+    stages += ["select", "batchnorm", "evaluate"]
+    plan = {
+        "iterations": iterations, "batch_size": batch_size, "probe_samples": probe_samples,
+        "gptq_samples": gptq_samples, "selection_samples": selection_samples, "candidates": candidates,
+        "batchnorm_samples": batchnorm_samples, "holdout_samples": holdout_samples, "gptq": gptq,
+    }
+    return Timeline(dict.fromkeys(stages, 0.0), clock, plan)
+
+
+def revise(timeline: Timeline) -> None:
+    """Re-estimate every pending stage from the unit costs measured so far: ``sample`` (seconds per sample
+    forward), ``build`` (seconds per ratio-controller build), ``builds`` (builds per landing), ``round``
+    (seconds per GPTQ rounding of the network), ``iteration`` (seconds per schedule iteration)."""
+    plan = timeline.plan
+    sample = timeline.unit("sample", 0.0)
+    build = timeline.unit("build", 0.0)
+    builds = timeline.unit("builds", 10.0)
+    rounding = timeline.unit("round", 2.0 * build)
+    iteration = timeline.unit("iteration", 3.0 * plan["batch_size"] * sample + 0.5 * build)
+    gptq_landing = builds * (build + rounding) if plan["gptq"] else builds * build
+    timeline.estimate(
+        land_start=builds * build,
+        hessians=1.5 * plan["gptq_samples"] * sample,
+        land_gptq=gptq_landing,
+        schedule=plan["iterations"] * iteration,
+        land_final=gptq_landing,
+        select=plan["candidates"] * (plan["selection_samples"] * sample + build),
+        batchnorm=3.0 * plan["batchnorm_samples"] * sample,
+        evaluate=2.0 * plan["holdout_samples"] * sample,
+    )

@@ -1,0 +1,57 @@
+"""Progress fractions that track time: elapsed·(1 − f)/f, the worker's ETA, is the estimated remaining time."""
+
+import pytest
+
+from compression_core.timeline import Timeline, plan_compression, revise
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def eta(elapsed, fraction):
+    return elapsed * (1.0 - fraction) / fraction
+
+
+def test_linear_extrapolation_of_the_fraction_is_the_estimated_remaining_time():
+    clock = Clock()
+    timeline = Timeline({"a": 10.0, "b": 30.0}, clock)
+    timeline.begin("a")
+    clock.now = 4.0
+    assert eta(4.0, timeline.fraction()) == pytest.approx(6.0 + 30.0)
+    clock.now = 5.0
+    timeline.begin("b")  # a took 5 s less than expected: nothing of it remains
+    clock.now = 10.0  # 5 s into b, which says it is 25 % done: 15 s of it remain
+    assert eta(10.0, timeline.fraction(0.25)) == pytest.approx(15.0)
+
+
+def test_estimates_change_only_the_current_and_later_stages():
+    clock = Clock()
+    timeline = Timeline({"a": 10.0, "b": 10.0, "c": 10.0}, clock)
+    timeline.begin("a")
+    timeline.begin("b")
+    timeline.estimate(a=100.0, c=50.0)
+    assert timeline.expected == {"a": 0.0, "b": 10.0, "c": 50.0}
+    with pytest.raises(KeyError, match="unknown stage"):
+        timeline.begin("d")
+
+
+def test_measured_unit_costs_size_every_pending_stage():
+    timeline = plan_compression(
+        iterations=100, gptq=True, batch_size=8, probe_samples=128, gptq_samples=128, selection_samples=20,
+        candidates=3, batchnorm_samples=600, holdout_samples=30, clock=Clock(),
+    )
+    timeline.begin("probe")
+    for unit, seconds in {"sample": 0.01, "build": 2.0, "builds": 6, "round": 5.0, "iteration": 0.5}.items():
+        timeline.measure(unit, seconds)
+    revise(timeline)
+    assert timeline.expected["land_start"] == pytest.approx(12.0)
+    assert timeline.expected["land_gptq"] == timeline.expected["land_final"] == pytest.approx(6 * 7.0)
+    assert timeline.expected["schedule"] == pytest.approx(50.0)
+    assert timeline.expected["hessians"] == pytest.approx(1.5 * 128 * 0.01)
+    assert timeline.expected["select"] == pytest.approx(3 * (20 * 0.01 + 2.0))
+    assert timeline.expected["batchnorm"] == pytest.approx(3 * 600 * 0.01)
