@@ -34,6 +34,7 @@ class Timeline:
         self.order = list(stages)
         self.current: str | None = None
         self.stage_started = self.started
+        self._first_report: tuple[float, float] | None = None
         self.units: dict[str, float] = {}
 
     def begin(self, stage: str) -> None:
@@ -43,6 +44,7 @@ class Timeline:
             self.expected[self.current] = 0.0  # done: nothing of it remains
         self.current = stage
         self.stage_started = self.clock()
+        self._first_report: tuple[float, float] | None = None
 
     def skip(self, stage: str) -> None:
         """A planned stage that will not run (e.g. BatchNorm recalibration of a model without BatchNorm)."""
@@ -67,10 +69,15 @@ class Timeline:
         now = self.clock()
         elapsed = now - self.started
         in_stage = now - self.stage_started
+        if within > 0.0 and self._first_report is None:
+            self._first_report = (now, within)
         if self.current is None:
             current_left = 0.0
-        elif within >= 0.05:
-            current_left = in_stage * (1.0 - within) / within
+        elif self._first_report is not None and within - self._first_report[1] >= 0.05:
+            # The stage's own pace since its first report (set-up before it, e.g. caching the teacher's
+            # outputs, is not part of the pace).
+            start_time, start_within = self._first_report
+            current_left = (now - start_time) * (1.0 - within) / (within - start_within)
         else:
             current_left = max(self.expected[self.current] - in_stage, 0.1 * self.expected[self.current])
         later = self.order[self.order.index(self.current) + 1:] if self.current else self.order

@@ -25,7 +25,9 @@ def test_linear_extrapolation_of_the_fraction_is_the_estimated_remaining_time():
     assert eta(4.0, timeline.fraction()) == pytest.approx(6.0 + 30.0)
     clock.now = 5.0
     timeline.begin("b")  # a took 5 s less than expected: nothing of it remains
-    clock.now = 10.0  # 5 s into b, which says it is 25 % done: 15 s of it remain
+    clock.now = 6.0  # b's first report (after 1 s of set-up): its pace is not known yet, its estimate counts
+    assert eta(6.0, timeline.fraction(0.05)) == pytest.approx(30.0 - 1.0)
+    clock.now = 10.0  # 0.2 of b in 4 s since then: 0.75 of it takes 15 s more
     assert eta(10.0, timeline.fraction(0.25)) == pytest.approx(15.0)
 
 
