@@ -36,7 +36,7 @@ bench: $(STAMP)
 	$(PY) bench/run_all.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check compression_core api worker tests bench
+	$(VENV)/bin/ruff check compression_core api worker store l2_client tests bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
