@@ -195,6 +195,10 @@ def wait_until(base_url: str, job_id: str, done) -> dict:
 
 # -- measuring ----
 def measure(service: Service, job_id: str, interval_s: float, args, scenario: str) -> dict:
+    # Warm-up, not measured: every API process answers its first requests slower (lazy imports, caches).
+    asyncio.run(
+        load(service.base_url, f"/v1/jobs/{job_id}", concurrency=args.concurrency, max_requests=2000, max_seconds=3)
+    )
     load_before = os.getloadavg()[0]
     before = httpx.get(f"{service.base_url}/v1/jobs/{job_id}", timeout=60).json()
     result = asyncio.run(
