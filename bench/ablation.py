@@ -183,7 +183,10 @@ def render(journal: Path, path: Path) -> None:
                 "|---|---|" + "---|" * len(attributed[0]["attribution"]) + "---|",
             ]
             for r in attributed:
-                cells = [", ".join(f"{m} {v:.4f}" for m, v in s.items()) for s in r["attribution"].values()]
+                cells = [
+                    ", ".join(f"{m} {v:.4f}" for m, v in r["attribution"].get(family, {}).items())
+                    for family in attributed[0]["attribution"]
+                ]
                 lines.append(f"| {r['variant']} | {r['target']:g}× | " + " | ".join(cells) + f" | {r['commit']} |")
             lines.append("")
     path.write_text("\n".join(lines))
