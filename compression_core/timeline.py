@@ -124,6 +124,6 @@ def revise(timeline: Timeline) -> None:
         schedule=plan["iterations"] * iteration,
         land_final=gptq_landing,
         select=plan["candidates"] * (plan["selection_samples"] * sample + build),
-        batchnorm=3.0 * plan["batchnorm_samples"] * sample,
+        batchnorm=plan["batchnorm_samples"] * sample,
         evaluate=2.0 * plan["holdout_samples"] * sample,
     )
