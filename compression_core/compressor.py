@@ -164,7 +164,6 @@ def compress(
     batchnorm_samples = num_samples(train_inputs) + 2 * min(num_samples(train_inputs), 512)
     timeline = plan_compression(
         iterations=iterations, gptq=config.rounding == "gptq", batch_size=config.batch_size,
-        probe_samples=config.sensitivity_batches * config.batch_size,
         gptq_samples=min(config.gptq_samples, optimize_idx.numel()), selection_samples=select_idx.numel(),
         candidates=1 + int(config.rounding == "gptq") + int(iterations > 0),
         batchnorm_samples=batchnorm_samples if with_batchnorm else 0, holdout_samples=holdout_idx.numel(),

@@ -88,7 +88,7 @@ class Timeline:
 
 
 def plan_compression(
-    *, iterations: int, gptq: bool, batch_size: int, probe_samples: int, gptq_samples: int, selection_samples: int,
+    *, iterations: int, gptq: bool, batch_size: int, gptq_samples: int, selection_samples: int,
     candidates: int, batchnorm_samples: int, holdout_samples: int, clock: Callable[[], float] = time.monotonic,
 ) -> Timeline:
     """The stages `compress` runs, with zero estimates until the first unit costs are measured (`revise`)."""
@@ -99,7 +99,7 @@ def plan_compression(
         stages += ["schedule", "land_final"]
     stages += ["select", "batchnorm", "evaluate"]
     plan = {
-        "iterations": iterations, "batch_size": batch_size, "probe_samples": probe_samples,
+        "iterations": iterations, "batch_size": batch_size,
         "gptq_samples": gptq_samples, "selection_samples": selection_samples, "candidates": candidates,
         "batchnorm_samples": batchnorm_samples, "holdout_samples": holdout_samples, "gptq": gptq,
     }
@@ -109,13 +109,14 @@ def plan_compression(
 def revise(timeline: Timeline) -> None:
     """Re-estimate every pending stage from the unit costs measured so far: ``sample`` (seconds per sample
     forward), ``build`` (seconds per ratio-controller build), ``builds`` (builds per landing), ``round``
-    (seconds per GPTQ rounding of the network), ``iteration`` (seconds per schedule iteration)."""
+    (seconds per GPTQ rounding of the network). A schedule iteration is estimated from ``sample`` and ``build``;
+    once the schedule runs, its own pace takes over (`Timeline.fraction`)."""
     plan = timeline.plan
     sample = timeline.unit("sample", 0.0)
     build = timeline.unit("build", 0.0)
     builds = timeline.unit("builds", 10.0)
     rounding = timeline.unit("round", 2.0 * build)
-    iteration = timeline.unit("iteration", 3.0 * plan["batch_size"] * sample + 0.5 * build)
+    iteration = 3.0 * plan["batch_size"] * sample + 0.5 * build
     gptq_landing = builds * (build + rounding) if plan["gptq"] else builds * build
     timeline.estimate(
         land_start=builds * build,

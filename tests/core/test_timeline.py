@@ -44,16 +44,16 @@ def test_estimates_change_only_the_current_and_later_stages():
 
 def test_measured_unit_costs_size_every_pending_stage():
     timeline = plan_compression(
-        iterations=100, gptq=True, batch_size=8, probe_samples=128, gptq_samples=128, selection_samples=20,
+        iterations=100, gptq=True, batch_size=8, gptq_samples=128, selection_samples=20,
         candidates=3, batchnorm_samples=600, holdout_samples=30, clock=Clock(),
     )
     timeline.begin("probe")
-    for unit, seconds in {"sample": 0.01, "build": 2.0, "builds": 6, "round": 5.0, "iteration": 0.5}.items():
+    for unit, seconds in {"sample": 0.01, "build": 2.0, "builds": 6, "round": 5.0}.items():
         timeline.measure(unit, seconds)
     revise(timeline)
     assert timeline.expected["land_start"] == pytest.approx(12.0)
     assert timeline.expected["land_gptq"] == timeline.expected["land_final"] == pytest.approx(6 * 7.0)
-    assert timeline.expected["schedule"] == pytest.approx(50.0)
+    assert timeline.expected["schedule"] == pytest.approx(100 * (3 * 8 * 0.01 + 0.5 * 2.0))
     assert timeline.expected["hessians"] == pytest.approx(1.5 * 128 * 0.01)
     assert timeline.expected["select"] == pytest.approx(3 * (20 * 0.01 + 2.0))
     assert timeline.expected["batchnorm"] == pytest.approx(600 * 0.01)
