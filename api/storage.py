@@ -23,7 +23,7 @@ import shutil
 import tempfile
 from collections import deque
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,7 +89,7 @@ class LocalStorage:
         max_bytes: int,
     ) -> StoredFile:
         """Write ``chunks`` to ``<kind>/<tenant>/<id>/<filename>``; raises `UploadTooLarge` past ``max_bytes``
-        or `EmptyUpload` for no bytes, in both cases leaving no file. Writing and hashing run in a thread
+        or `EmptyUpload` for no bytes, in both cases leaving no file. Writing and hashing run in threads
         (`BlockWriter`) so the event loop keeps receiving and serving other requests."""
         tmp_dir = self.tmp_dir
         tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -144,14 +144,20 @@ class LocalStorage:
 
 class BlockWriter:
     """Writes an upload's bytes to ``fd`` from ``offset`` on and feeds them to ``digests`` (hashlib objects), in
-    a thread of its own, while the event loop goes on receiving: receiving and writing overlap instead of
+    threads of its own, while the event loop goes on receiving: receiving and writing overlap instead of
     taking turns (issue 10). Received chunks are handed over in blocks of about `WRITE_BUFFER_BYTES`, each
     written with one ``pwritev`` and never joined into one buffer; at most `WRITE_QUEUE_BLOCKS` blocks wait,
     so memory stays bounded whatever the size.
 
-    ``received`` counts the bytes given to `add`; ``written`` is how far the file and the digests really are.
-    Leaving the ``async with`` block waits for the block being written and drops those still waiting, so after
-    an error the caller may cut the file back to ``written`` without racing the thread."""
+    Each digest has a thread too: a block is hashed once it is written, while the writer writes the next, so a
+    tus PATCH's two SHA-256 (the request's checksum, the file's) and the write run side by side instead of one
+    after the other on one thread (the longest of the three, not their sum, paces an upload). A digest never
+    sees a block that was not written, and is at most one block behind the file.
+
+    ``received`` counts the bytes given to `add`; ``written`` is how far the file is. Leaving the ``async
+    with`` block waits for the block being written and the hashing of every written block, and drops the
+    blocks still waiting, so afterwards the digests have seen exactly the bytes up to ``written`` and the
+    caller may cut the file back to ``written`` without racing the threads."""
 
     def __init__(self, fd: int, offset: int, digests, depth: int = WRITE_QUEUE_BLOCKS) -> None:
         self.fd, self.digests, self.depth = fd, [d for d in digests if d is not None], depth
@@ -159,13 +165,19 @@ class BlockWriter:
         self._block: list[bytes] = []
         self._pending: deque[asyncio.Future] = deque()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="l2-upload-writer")
+        self._hashers = {
+            digest: ThreadPoolExecutor(max_workers=1, thread_name_prefix="l2-upload-hash") for digest in self.digests
+        }
+        self._hashing: list[Future] = []  # the last written block's digest updates (touched by the writer only)
 
     async def __aenter__(self) -> BlockWriter:
         return self
 
     async def __aexit__(self, *exc) -> None:
-        # Blocks the event loop for one block's write at most (nothing at all after `finish`).
+        # Blocks the event loop for one block's write and hashing at most (nothing at all after `finish`).
         self._thread.shutdown(wait=True, cancel_futures=True)
+        for hasher in self._hashers.values():
+            hasher.shutdown(wait=True)  # every written block is hashed: the digests end at `written`
         for future in self._pending:
             if future.done() and not future.cancelled():
                 future.exception()  # retrieved, so asyncio does not log it as never retrieved
@@ -186,7 +198,7 @@ class BlockWriter:
             await self._queue_block()
         while self._pending:
             await self._pending.popleft()
-        await asyncio.get_running_loop().run_in_executor(self._thread, os.fsync, self.fd)
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._sync)
         return self.written
 
     async def _queue_block(self) -> None:
@@ -207,10 +219,22 @@ class BlockWriter:
             # Start writing these pages to disk now (Linux: DONTNEED starts writeback of dirty pages without
             # waiting), so `finish`'s fsync waits for the last blocks only, not the whole body.
             os.posix_fadvise(self.fd, at, size, _START_WRITEBACK)
-        for digest in self.digests:
-            for chunk in block:
-                digest.update(chunk)
         self.written = at + size
+        self._wait_hashing()
+        self._hashing = [hasher.submit(_feed, digest, block) for digest, hasher in self._hashers.items()]
+
+    def _wait_hashing(self) -> None:
+        for future in self._hashing:
+            future.result()
+
+    def _sync(self) -> None:
+        self._wait_hashing()
+        os.fsync(self.fd)
+
+
+def _feed(digest, block: list[bytes]) -> None:
+    for chunk in block:
+        digest.update(chunk)
 
 
 def _skip(views: list[memoryview], count: int) -> list[memoryview]:

@@ -2,7 +2,7 @@
 checksum extensions; https://tus.io/protocols/resumable-upload).
 
 An upload is a row (`ResumableUpload`) and a part file ``<data_dir>/tmp/tus-<id>.part``. Each ``PATCH`` appends
-at the row's offset, written and hashed by a writer thread while the body is still arriving
+at the row's offset, written and hashed in threads while the body is still arriving
 (`api.storage.BlockWriter`: constant memory whatever the size), fsynced, and commits the new offset; a dropped
 connection keeps the bytes that arrived unless the request carried an ``Upload-Checksum`` (then the whole
 request's bytes are unverifiable and are cut off again, as the checksum extension asks). On the last byte

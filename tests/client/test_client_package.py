@@ -88,3 +88,58 @@ def test_transport_retries_503_then_succeeds_and_never_retries_a_plain_post_afte
     except errors.ConnectionFailed:
         pass
     assert calls == ["POST"] * 6  # with an Idempotency-Key a retry is safe: 1 try + 5 retries
+
+
+def test_a_resumable_upload_reads_each_chunk_once_and_resends_from_the_servers_offset(tmp_path, monkeypatch):
+    """Each chunk is read from disk once (hashed and sent from memory) with the SHA-256 of exactly the bytes
+    sent; a chunk the server refuses (460: damaged on the way) is read again and resent from the server's
+    offset, and the upload ends with the file whole on the server."""
+    import base64
+    import hashlib
+
+    from l2_client import tus
+    from l2_client.transport import Transport
+
+    source = tmp_path / "model.safetensors"
+    data = bytes(range(256)) * 8960  # 2.19 MiB: 4 chunks of 640 KiB, the last one half
+    source.write_bytes(data)
+    read = []
+    real_read_range = tus._read_range
+
+    def counting_read_range(path, start, length):
+        read.append((start, length))
+        return real_read_range(path, start, length)
+
+    monkeypatch.setattr(tus, "_read_range", counting_read_range)
+    chunk = 640 * 1024
+    received, patches = bytearray(), []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        tus_headers = {"Tus-Resumable": "1.0.0", "Upload-Offset": str(len(received))}
+        if request.method == "POST":
+            return httpx.Response(201, headers={**tus_headers, "Location": "/v1/uploads/u1"})
+        if request.method == "HEAD":
+            return httpx.Response(200, headers=tus_headers)
+        body, offset = request.read(), int(request.headers["Upload-Offset"])
+        patches.append(offset)
+        algorithm, digest = request.headers["Upload-Checksum"].split(" ")
+        assert algorithm == "sha256" and base64.b64decode(digest) == hashlib.sha256(body).digest()
+        if len(patches) == 2:  # the second chunk "arrives damaged": dropped, resent from offset `chunk`
+            return httpx.Response(460, json={"detail": "checksum mismatch"}, headers=tus_headers)
+        assert offset == len(received)
+        received.extend(body)
+        headers = {**tus_headers, "Upload-Offset": str(len(received))}
+        if len(received) == len(data):
+            headers["L2-Resource"] = "/v1/checkpoints/u1"
+        return httpx.Response(204, headers=headers)
+
+    transport = Transport("http://l2.test", None, sleep=lambda s: None)
+    transport.http = httpx.Client(base_url="http://l2.test", transport=httpx.MockTransport(server))
+    upload = tus.ResumableUpload(transport, source, kind="checkpoint", chunk_bytes=chunk)
+    transport.delay = lambda *a: 0
+    assert upload.upload() == "/v1/checkpoints/u1" and bytes(received) == data
+    assert patches == [0, chunk, chunk, 2 * chunk, 3 * chunk] and upload.resumes == 1
+    # Each chunk read once, but for the refused one, read again, and the one after it, which had been read
+    # ahead while the refused one was on its way.
+    last = (3 * chunk, len(data) - 3 * chunk)
+    assert read == [(0, chunk), (chunk, chunk), (2 * chunk, chunk), (chunk, chunk), (2 * chunk, chunk), last]

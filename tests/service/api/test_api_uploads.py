@@ -26,9 +26,7 @@ def test_checkpoint_upload_stores_the_bytes_and_returns_their_sha256(client, ten
 
 def test_chunked_upload_without_content_length_is_streamed(client, tenant_a):
     chunks = [b"a" * 10_000, b"b" * 10_000, b"c" * 5]
-    r = client.post(
-        "/v1/checkpoints", params={"filename": "m.pt"}, content=iter(chunks), headers=tenant_a.headers
-    )
+    r = client.post("/v1/checkpoints", params={"filename": "m.pt"}, content=iter(chunks), headers=tenant_a.headers)
     assert r.status_code == 201, r.text
     assert r.json()["sha256"] == hashlib.sha256(b"".join(chunks)).hexdigest()
 
@@ -60,9 +58,7 @@ def test_upload_over_the_size_limit_is_413_and_leaves_no_file(client, tenant_a, 
 
 def test_streamed_upload_that_grows_past_the_limit_is_413_and_leaves_no_file(client, tenant_a, settings):
     chunks = iter([b"y" * 40_000, b"y" * 40_000])  # no Content-Length: the limit is found while reading
-    r = client.post(
-        "/v1/datasets/upload", params={"filename": "d.npy"}, content=chunks, headers=tenant_a.headers
-    )
+    r = client.post("/v1/datasets/upload", params={"filename": "d.npy"}, content=chunks, headers=tenant_a.headers)
     assert r.status_code == 413
     assert files_under(settings.data_dir) == []
 
@@ -103,9 +99,7 @@ def test_unknown_checkpoint_and_dataset_ids_are_404(client, tenant_a):
 
 def test_dataset_upload_keeps_its_validated_calibration_spec(client, tenant_a):
     spec = {"kind": "images", "resize": 32, "crop": 28, "channels": 1, "mean": [0.5], "std": [0.25]}
-    r = upload_dataset(
-        client, tenant_a, b"PK\x03\x04zip", filename="digits.zip", name="digits", spec=json.dumps(spec)
-    )
+    r = upload_dataset(client, tenant_a, b"PK\x03\x04zip", filename="digits.zip", name="digits", spec=json.dumps(spec))
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["source"] == "upload" and body["name"] == "digits"
@@ -147,9 +141,7 @@ def test_registering_a_path_outside_the_allowed_roots_is_refused(client, tenant_
         assert "allowed data roots" in r.json()["detail"]
     r = client.post("/v1/datasets", json={"name": "x", "path": "relative/dir"}, headers=tenant_a.headers)
     assert r.status_code == 422 and "absolute" in r.json()["detail"]
-    r = client.post(
-        "/v1/datasets", json={"name": "x", "path": str(root / "missing")}, headers=tenant_a.headers
-    )
+    r = client.post("/v1/datasets", json={"name": "x", "path": str(root / "missing")}, headers=tenant_a.headers)
     assert r.status_code == 422 and "does not exist" in r.json()["detail"]
     assert client.get("/v1/datasets", headers=tenant_a.headers).json()["total"] == 0
 
@@ -165,9 +157,7 @@ def test_deleting_an_uploaded_dataset_removes_its_file_but_never_registered_data
     folder = settings.allowed_data_roots[0] / "keep"
     folder.mkdir()
     (folder / "x.npy").write_bytes(b"123")
-    registered = client.post(
-        "/v1/datasets", json={"name": "k", "path": str(folder)}, headers=tenant_a.headers
-    )
+    registered = client.post("/v1/datasets", json={"name": "k", "path": str(folder)}, headers=tenant_a.headers)
     for dataset_id in (uploaded, registered.json()["id"]):
         assert client.delete(f"/v1/datasets/{dataset_id}", headers=tenant_a.headers).status_code == 204
     assert files_under(settings.data_dir / "datasets") == []
@@ -178,3 +168,55 @@ def test_upload_bytes_are_counted_in_metrics(client, tenant_a):
     upload_checkpoint(client, tenant_a, b"z" * 1000)
     text = client.get("/metrics").text
     assert 'l2_upload_bytes_total{kind="checkpoint"} 1000.0' in text
+
+
+def test_the_writer_hashes_beside_writing_and_its_digests_end_where_the_file_does(tmp_path):
+    """Each digest is fed in a thread of its own, a block behind the write (a tus PATCH's two SHA-256 and the
+    write side by side, issue 10). When a body breaks mid-way, leaving the writer waits for the hashing of
+    every written block: each digest has seen exactly the bytes up to ``written``, which is what a resumed
+    tus upload's file SHA-256 carries on from."""
+    import asyncio
+    import os
+    import threading
+    import time
+
+    from api.storage import WRITE_BUFFER_BYTES, BlockWriter
+
+    class SlowDigest:
+        """sha256 that takes its time (hashing slower than writing) and notes the threads that fed it."""
+
+        def __init__(self) -> None:
+            self.inner, self.threads = hashlib.sha256(), set()
+
+        def update(self, data) -> None:
+            self.threads.add((threading.current_thread().name, threading.get_ident()))
+            time.sleep(0.002)
+            self.inner.update(data)
+
+    blocks = [bytes([i + 1]) * WRITE_BUFFER_BYTES for i in range(4)]
+    chunks = [block[start : start + 65_536] for block in blocks for start in range(0, len(block), 65_536)]
+    first, second = SlowDigest(), SlowDigest()
+    path = tmp_path / "body.part"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+
+    async def body_that_breaks() -> BlockWriter:
+        async with BlockWriter(fd, 0, [first, None, second]) as writer:
+            try:
+                for chunk in chunks:
+                    await writer.add(chunk)
+                raise ConnectionResetError("client went away")
+            except ConnectionResetError:
+                await writer.__aexit__()
+        return writer
+
+    try:
+        writer = asyncio.run(body_that_breaks())
+    finally:
+        os.close(fd)
+    assert writer.written > 0 and writer.written % WRITE_BUFFER_BYTES == 0
+    on_disk = path.read_bytes()[: writer.written]
+    assert on_disk == b"".join(blocks)[: writer.written]
+    for digest in (first, second):
+        assert digest.inner.hexdigest() == hashlib.sha256(on_disk).hexdigest()
+    assert len(first.threads) == len(second.threads) == 1 and first.threads != second.threads
+    assert all(name.startswith("l2-upload-hash") for name, _ in first.threads | second.threads)
