@@ -60,9 +60,15 @@ class CompressionOptions(_Strict):
     feature_modules: list[str] | None = None
     feature_weight: float | None = Field(None, ge=0)
     bn_recalibration: bool | None = None
+    bn_statistics_precision: float | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="BatchNorm running statistics coded at this multiple of their layer's β/γ precision; 0 = fp32",
+    )
     holdout_fraction: float | None = Field(None, ge=0, lt=1)
     output_keys: list[str] | None = Field(
-        None, description="named outputs the distillation distance compares, e.g. [\"last_hidden_state\"]; [] = all"
+        None, description='named outputs the distillation distance compares, e.g. ["last_hidden_state"]; [] = all'
     )
     min_coded_numel: int | None = Field(None, ge=1)
     ratio_tolerance: float | None = Field(None, gt=0, lt=0.5)

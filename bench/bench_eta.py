@@ -45,7 +45,7 @@ def measure(subject, target: float, preset: str) -> dict:
         events.append((time.monotonic(), float(event.fraction), event.phase))
 
     started = writer.started
-    compress(subject.model, subject.calibration, target, config=config, progress=record)
+    result = compress(subject.model, subject.calibration, target, config=config, progress=record)
     ended = time.monotonic()
     total = ended - started
     rows = []
@@ -54,17 +54,28 @@ def measure(subject, target: float, preset: str) -> dict:
         real = ended - at
         if fraction < 0.1 or eta is None:
             continue
-        rows.append({"elapsed_s": round(at - started, 2), "fraction": round(fraction, 4), "phase": phase,
-                     "eta_s": eta, "real_s": round(real, 2),
-                     "relative_error": abs(eta - real) / real if real >= _MIN_REMAINING_S else None,
-                     "error_of_total": abs(eta - real) / total})
+        rows.append(
+            {
+                "elapsed_s": round(at - started, 2),
+                "fraction": round(fraction, 4),
+                "phase": phase,
+                "eta_s": eta,
+                "real_s": round(real, 2),
+                "relative_error": abs(eta - real) / real if real >= _MIN_REMAINING_S else None,
+                "error_of_total": abs(eta - real) / total,
+            }
+        )
     relative = [r["relative_error"] for r in rows if r["relative_error"] is not None]
     return {
-        "preset": preset, "target": target, "total_s": round(total, 1), "events_from_10pct": len(rows),
+        "preset": preset,
+        "target": target,
+        "total_s": round(total, 1),
+        "events_from_10pct": len(rows),
         "max_relative_error": max(relative) if relative else None,
         "median_relative_error": sorted(relative)[len(relative) // 2] if relative else None,
         "max_error_of_total": max((r["error_of_total"] for r in rows), default=None),
         "trace": rows,
+        "stages": result.evaluation.get("stages", {}),
     }
 
 
@@ -113,8 +124,10 @@ def render(history: list[dict]) -> str:
     ]
     for record in history:
         for run in record["runs"]:
+
             def pct(value):
                 return "–" if value is None else f"{100 * value:.0f} %"
+
             lines.append(
                 f"| {record['date']} | {record['commit']} | {record['model']} | {run['preset']} | "
                 f"{run['target']:g}× | {run['total_s']} | {run['events_from_10pct']} | "
@@ -122,6 +135,19 @@ def render(history: list[dict]) -> str:
                 f"{pct(run['max_error_of_total'])} | {record['load_average_before_after']} | `{record['command']}` |"
             )
     lines += ["", f"Machine: {history[-1]['machine']}.", ""]
+    latest = history[-1]
+    for run in latest["runs"]:
+        if not run.get("stages"):
+            continue
+        lines += [
+            f"Stages of the latest {run['preset']} run ({latest['commit']}): seconds taken against the estimate "
+            "made when the stage began.",
+            "",
+            "| stage | seconds | estimated at its start |",
+            "|---|---:|---:|",
+        ]
+        lines += [f"| {name} | {v['seconds']:.1f} | {v['estimated']:.1f} |" for name, v in run["stages"].items()]
+        lines.append("")
     return "\n".join(lines)
 
 

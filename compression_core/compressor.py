@@ -30,6 +30,12 @@ from compression_core.model_io import (
 from compression_core.progress import CancelCheck, ProgressCallback
 from compression_core.recon.allocation import initial_bits, sensitivity_steps
 from compression_core.recon.batchnorm import has_batchnorm, recalibrate_batchnorm
+from compression_core.recon.bn_statistics import (
+    ESTIMATED_BYTES_PER_VALUE,
+    StatisticPlan,
+    code_statistics,
+    plan_statistics,
+)
 from compression_core.recon.budget import (
     MAX_BITS_PER_WEIGHT,
     Budget,
@@ -64,9 +70,7 @@ def split_indices(n: int, holdout_fraction: float, seed: int) -> tuple[torch.Ten
     return perm[holdout:].sort().values, perm[:holdout].sort().values
 
 
-def decode_state_dict(
-    contents: ArtifactContents, original: dict[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
+def decode_state_dict(contents: ArtifactContents, original: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The weights a user decodes from the file: coded entries through the canonical T⁻¹, stored ones
     as written. Equal bit for bit to what `load_l2` returns."""
     out = {}
@@ -94,8 +98,7 @@ def _distance_on(model, reference_outputs, inputs: Inputs, config: CompressionCo
 def _reference_outputs(model, inputs: Inputs, batch_size: int, device, output_keys=()) -> list[torch.Tensor]:
     with torch.no_grad():
         parts = [
-            float_outputs(call_model(model, to_device(b, device)), output_keys)
-            for b in batches(inputs, batch_size)
+            float_outputs(call_model(model, to_device(b, device)), output_keys) for b in batches(inputs, batch_size)
         ]
         return [torch.cat(p) for p in zip(*parts, strict=True)]
 
@@ -137,9 +140,12 @@ def compress(
     plans = [plan_tensor(name, work_sd[name], name in param_names, config) for name in original_sd]
 
     total_original = sum(original_bytes((k, dtype_name(v), v.numel())) for k, v in original_sd.items())
+    statistics = _statistic_plans(work, plans, work_sd, config)
     stored_bytes = sum(
-        original_sd[p.name].numel() * original_sd[p.name].element_size() for p in plans if p.kind is None
-    )
+        original_sd[p.name].numel() * original_sd[p.name].element_size()
+        for p in plans
+        if p.kind is None and p.name not in statistics
+    ) + int(ESTIMATED_BYTES_PER_VALUE * sum(original_sd[name].numel() for name in statistics))
     coded_numel = sum(original_sd[p.name].numel() for p in plans if p.kind is not None)
     budget = Budget(total_original, target_ratio, stored_bytes, coded_numel)
     name_bytes = sum(len(p.name.encode()) for p in plans) + 32 * len(plans)
@@ -163,10 +169,14 @@ def compress(
     with_batchnorm = config.bn_recalibration and has_batchnorm(work)
     batchnorm_samples = num_samples(train_inputs) + 2 * min(num_samples(train_inputs), 512)
     timeline = plan_compression(
-        iterations=iterations, gptq=config.rounding == "gptq", batch_size=config.batch_size,
-        gptq_samples=min(config.gptq_samples, optimize_idx.numel()), selection_samples=select_idx.numel(),
+        iterations=iterations,
+        gptq=config.rounding == "gptq",
+        batch_size=config.batch_size,
+        gptq_samples=min(config.gptq_samples, optimize_idx.numel()),
+        selection_samples=select_idx.numel(),
         candidates=1 + int(config.rounding == "gptq") + int(iterations > 0),
-        batchnorm_samples=batchnorm_samples if with_batchnorm else 0, holdout_samples=holdout_idx.numel(),
+        batchnorm_samples=batchnorm_samples if with_batchnorm else 0,
+        holdout_samples=holdout_idx.numel(),
     )
     reporter = Reporter(iterations, progress, should_cancel)
     timeline.begin("probe")
@@ -180,16 +190,22 @@ def compress(
         # at 8× (KL 0.0083; 0.0015 when their steps follow their sensitivity), for 0.9 % of the weights.
         allocated = {**weights, **vectors}
         sensitivity = weight_sensitivity(
-            work, list(allocated), train_inputs, config.batch_size, device, config.seed,
-            batches=config.sensitivity_batches, per_channel=config.per_channel, output_keys=config.output_keys,
+            work,
+            list(allocated),
+            train_inputs,
+            config.batch_size,
+            device,
+            config.seed,
+            batches=config.sensitivity_batches,
+            per_channel=config.per_channel,
+            output_keys=config.output_keys,
         )
         if config.per_channel:
             sensitivity.update({k: float(sensitivity[k].mean()) for k in vectors})
         init_side += 4 * _transform_floats(plans, work_sd, config.per_channel)
         start_steps, start_bits = sensitivity_steps(allocated, budget.payload_bits(init_side), sensitivity)
     else:
-        start_bits = initial_bits(weights, vectors, budget.payload_bits(init_side), config.allocation,
-                                  _MIN_INIT_BITS)
+        start_bits = initial_bits(weights, vectors, budget.payload_bits(init_side), config.allocation, _MIN_INIT_BITS)
     # Measured, not derived from the probe: a backward pass costs this model some unknown multiple of a
     # forward (on EfficientNet-Lite0 the probe's time / 3 overestimated a forward 2.4×).
     timeline.measure("sample", _seconds_per_sample(work, train_inputs, config, device))
@@ -218,12 +234,11 @@ def compress(
         "start",
         0,
         timeline.fraction(),
-        message=f"{len(state.names)} coded tensors, {coded_numel} weights, "
-        f"{init_bits:.3f} bits/weight budget",
+        message=f"{len(state.names)} coded tensors, {coded_numel} weights, {init_bits:.3f} bits/weight budget",
     )
 
     def finished() -> ArtifactContents:
-        contents = build_contents(state, original_sd)
+        contents = code_statistics(build_contents(state, original_sd), statistics, original_sd)
         layers = [layer_report(r) for r in contents.records]
         contents.metadata = {**(metadata or {}), **file_metadata(layers, target_ratio, total_original)}
         return contents
@@ -263,8 +278,13 @@ def compress(
         timeline.begin("hessians")
         reporter.emit("gptq", 0, timeline.fraction(), message="measuring every linear/conv layer's input Hessian")
         rounder = GptqRounder(
-            work, {n: (w, t) for n, w, t in state.items()}, optimize_inputs, config.batch_size, device,
-            config.gptq_samples, damping=config.gptq_damping,
+            work,
+            {n: (w, t) for n, w, t in state.items()},
+            optimize_inputs,
+            config.batch_size,
+            device,
+            config.gptq_samples,
+            damping=config.gptq_damping,
         )
     with_phases = bool(state.names and iterations)
     if rounder is not None:
@@ -278,8 +298,9 @@ def compress(
             candidates["optimized"] = rounded_start
     if with_phases:
         timeline.begin("schedule")
-        run_schedule(work, state, optimize_inputs, config, budget, side_bytes, reporter, device,
-                     fraction_of=timeline.fraction)
+        run_schedule(
+            work, state, optimize_inputs, config, budget, side_bytes, reporter, device, fraction_of=timeline.fraction
+        )
         reporter.check_cancel()
         reporter.emit("finalize", iterations, timeline.fraction(), message="landing the exact file size")
         if rounder is not None:
@@ -296,21 +317,37 @@ def compress(
     decoded = decode_state_dict(contents, original_sd)
     reporter.check_cancel()
     timeline.begin("batchnorm")
-    decoded_model, bn_note = _maybe_recalibrate(model, decoded, train_inputs, config, device, reporter, timeline)
-    if bn_note.get("kept"):
-        recal = {
-            k: v for k, v in decoded_model.state_dict().items() if k in decoded and not _is_coded(contents, k)
-        }
-        contents = replace_stored(contents, recal)
+
+    def recode(values: dict[str, torch.Tensor]) -> tuple[ArtifactContents, int] | None:
+        """The landed contents with recalibrated statistics (coded ones at their steps, coarser if the file
+        would outgrow the target); None when they cannot fit."""
+        stored = {k: v for k, v in values.items() if k in decoded and not _is_coded(contents, k)}
+        return _fit_statistics(replace_stored(contents, stored), statistics, values, budget.target_file_bytes)
+
+    decoded_model, bn_note, recoded = _maybe_recalibrate(
+        model,
+        decoded,
+        train_inputs,
+        config,
+        device,
+        reporter,
+        timeline,
+        lambda values: _decoded_if_fits(recode(values), original_sd),
+    )
+    if recoded is not None:
+        contents, file_bytes = recoded
         decoded = decode_state_dict(contents, original_sd)
 
     timeline.begin("evaluate")
-    reporter.emit("evaluate", iterations, timeline.fraction(),
-                  message="evaluating the decoded model on held-out samples")
+    reporter.emit(
+        "evaluate", iterations, timeline.fraction(), message="evaluating the decoded model on held-out samples"
+    )
     evaluation = _evaluate(model, decoded_model, calibration, holdout_idx, config, device)
     evaluation["batchnorm_recalibration"] = bn_note
     evaluation["ratio_controller_log_alpha"] = log_alpha
     evaluation["selection"] = selection
+    timeline.finish()
+    evaluation["stages"] = timeline.report()
 
     sizes = payload_sizes(contents)
     layers = [layer_report(r, sizes[r.name]) for r in contents.records]
@@ -348,7 +385,7 @@ def _select_best(model, original_sd, candidates, train_inputs, select_idx, confi
     for label, contents in candidates.items():
         candidate = copy.deepcopy(model).float().eval().to(device)
         decoded = decode_state_dict(contents, original_sd)
-        candidate.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in decoded.items()})
+        candidate.load_state_dict(_as_float(decoded))
         distances[label] = _distance_on(candidate, ref_out, probe, config, device)
     kept = min(distances, key=lambda label: (distances[label], label != "start"))
     return {
@@ -382,13 +419,48 @@ def _is_coded(contents: ArtifactContents, name: str) -> bool:
     return any(isinstance(r, CodedTensor) and r.name == name for r in contents.records)
 
 
-def _maybe_recalibrate(model, decoded, train_inputs, config, device, reporter, timeline):
+def _statistic_plans(work, plans, work_sd, config: CompressionConfig) -> dict[str, StatisticPlan]:
+    """Which BN running statistics are coded (`recon/bn_statistics.py`); none when the option is 0."""
+    if config.bn_statistics_precision == 0:
+        return {}
+    vectors = {p.name for p in plans if p.kind == "linear" and work_sd[p.name].dim() < 2}
+    return plan_statistics(work, vectors, config.bn_statistics_precision)
+
+
+def _fit_statistics(contents, statistics, values, target_bytes: float, attempts: int = 40):
+    """Code ``values``' statistics into ``contents``, coarsening their steps until the file fits the target
+    again (recalibrated statistics can cost a few bytes more than the ones the size was landed with)."""
+    coarsen = 1.0
+    for _ in range(attempts):
+        candidate = code_statistics(contents, statistics, values, coarsen)
+        size = measure_file_bytes(candidate)
+        if size <= target_bytes:
+            return candidate, size
+        coarsen *= 1.15
+    return None
+
+
+def _decoded_if_fits(recoded, original_sd):
+    if recoded is None:
+        return None
+    contents, size = recoded
+    return contents, size, decode_state_dict(contents, original_sd)
+
+
+def _as_float(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.float() if v.is_floating_point() else v for k, v in values.items()}
+
+
+def _maybe_recalibrate(model, decoded, train_inputs, config, device, reporter, timeline, recode):
     """Load the decoded weights into a copy of the model; re-estimate BN statistics when that lowers the
-    distillation distance on the optimization samples (never on held-out samples)."""
+    distillation distance on the optimization samples (never on held-out samples). ``recode`` turns the
+    recalibrated state into (contents, file bytes, decoded weights), or None when they do not fit the target;
+    the judgement is made on those decoded weights, coded statistics included. Returns the model to evaluate,
+    a note for the result, and the recoded (contents, file bytes) when the recalibration is kept."""
     candidate = copy.deepcopy(model).float().eval().to(device)
-    candidate.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in decoded.items()})
+    candidate.load_state_dict(_as_float(decoded))
     if not (config.bn_recalibration and has_batchnorm(candidate)):
-        return candidate, {"applied": False, "kept": False}
+        return candidate, {"applied": False, "kept": False}, None
     reporter.emit("bn_recalibration", 0, timeline.fraction(), message="re-estimating BatchNorm statistics")
     reference = copy.deepcopy(model).float().eval().to(device)
     probe = select(train_inputs, slice(0, min(num_samples(train_inputs), 512)))
@@ -396,14 +468,15 @@ def _maybe_recalibrate(model, decoded, train_inputs, config, device, reporter, t
     before = _distance_on(candidate, ref_out, probe, config, device)
     recal = copy.deepcopy(candidate)
     recalibrate_batchnorm(recal, train_inputs, config.batch_size, device)
+    recoded = recode(recal.state_dict())
+    if recoded is None:
+        return candidate, {"applied": True, "kept": False, "distance_before": before, "fits": False}, None
+    contents, file_bytes, recal_decoded = recoded
+    recal.load_state_dict(_as_float(recal_decoded))
     after = _distance_on(recal, ref_out, probe, config, device)
     kept = after < before
-    return (recal if kept else candidate), {
-        "applied": True,
-        "kept": kept,
-        "distance_before": before,
-        "distance_after": after,
-    }
+    note = {"applied": True, "kept": kept, "distance_before": before, "distance_after": after}
+    return (recal, note, (contents, file_bytes)) if kept else (candidate, note, None)
 
 
 def _evaluate(model, decoded_model, calibration, holdout_idx, config, device) -> dict:

@@ -21,7 +21,9 @@ class CompressionConfig:
 
     ``transform``: default kind for weight tensors (ndim ≥ 2); ``transform_overrides`` maps fnmatch-style
     name patterns (e.g. ``"classifier.*"``) to a kind, first match wins. 1-D float parameters (biases, norm
-    scales) always use ``linear``; float buffers (BN running statistics) and integer tensors are stored exactly.
+    scales) always use ``linear``; BN running statistics are coded at ``bn_statistics_precision`` × the
+    precision their layer's β and γ get (`recon/bn_statistics.py`; 0 stores them exactly, as other float
+    buffers and integer tensors are).
     ``rounds`` alternations of ``transform_iters`` (transform parameters + rate term) and ``weight_iters``
     (latent weights + rate term), each iteration on one calibration batch of ``batch_size``.
     ``rate_weight`` is λ of the normalised hinge λ·ReLU(S − B)/B. ``allocation`` is where the bits start:
@@ -57,6 +59,7 @@ class CompressionConfig:
     feature_weight: float = 1.0
     output_keys: tuple[str, ...] = ()
     bn_recalibration: bool = True
+    bn_statistics_precision: float = 1.0
     holdout_fraction: float = 0.2
     min_coded_numel: int = 64
     ratio_tolerance: float = 0.01
@@ -75,9 +78,7 @@ class CompressionConfig:
         need(self.transform in TRANSFORM_KINDS, "transform", f"one of {TRANSFORM_KINDS}")
         for pattern, kind in self.transform_overrides:
             if kind not in TRANSFORM_KINDS:
-                raise ConfigError(
-                    f"transform_overrides[{pattern!r}]={kind!r} is invalid: one of {TRANSFORM_KINDS}"
-                )
+                raise ConfigError(f"transform_overrides[{pattern!r}]={kind!r} is invalid: one of {TRANSFORM_KINDS}")
         need(self.kernel in KERNELS, "kernel", f"one of {KERNELS}")
         need(self.resolution > 0, "resolution", "must be > 0")
         need(self.rounds >= 0, "rounds", "must be ≥ 0")
@@ -91,6 +92,7 @@ class CompressionConfig:
         need(self.rounding in ROUNDINGS, "rounding", f"one of {ROUNDINGS}")
         need(self.gptq_samples >= 1, "gptq_samples", "must be ≥ 1")
         need(self.gptq_damping > 0, "gptq_damping", "must be > 0")
+        need(self.bn_statistics_precision >= 0, "bn_statistics_precision", "must be ≥ 0 (0 stores them as fp32)")
         need(self.sensitivity_batches >= 1, "sensitivity_batches", "must be ≥ 1")
         need(0.0 <= self.holdout_fraction < 1.0, "holdout_fraction", "must be in [0, 1)")
         need(self.min_coded_numel >= 1, "min_coded_numel", "must be ≥ 1")

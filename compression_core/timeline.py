@@ -36,15 +36,33 @@ class Timeline:
         self.stage_started = self.started
         self._first_report: tuple[float, float] | None = None
         self.units: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}  # what each finished stage took
+        self.estimated: dict[str, float] = {}  # what it was expected to take when it began
 
     def begin(self, stage: str) -> None:
         if stage not in self.expected:
             raise KeyError(f"unknown stage {stage!r}; planned: {self.order}")
-        if self.current is not None:
-            self.expected[self.current] = 0.0  # done: nothing of it remains
+        self.finish()
         self.current = stage
         self.stage_started = self.clock()
+        self.estimated[stage] = self.expected[stage]
         self._first_report: tuple[float, float] | None = None
+
+    def finish(self) -> None:
+        """End the current stage (if any): its time is recorded and nothing of it remains."""
+        if self.current is not None:
+            self.seconds[self.current] = self.clock() - self.stage_started
+            self.expected[self.current] = 0.0
+            self.current = None
+
+    def report(self) -> dict[str, dict[str, float]]:
+        """Seconds each finished stage took and was expected to take when it began: where a run's time went,
+        and how far off the ETA's estimates were."""
+        return {
+            stage: {"seconds": round(self.seconds[stage], 3), "estimated": round(self.estimated.get(stage, 0.0), 3)}
+            for stage in self.order
+            if stage in self.seconds
+        }
 
     def skip(self, stage: str) -> None:
         """A planned stage that will not run (e.g. BatchNorm recalibration of a model without BatchNorm)."""
@@ -54,7 +72,7 @@ class Timeline:
         """Revise the expected seconds of the current or later stages (finished ones stay at 0)."""
         first = self.order.index(self.current) if self.current else 0
         for stage, value in seconds.items():
-            if stage in self.expected and self.order.index(stage) >= first:
+            if stage in self.expected and stage not in self.seconds and self.order.index(stage) >= first:
                 self.expected[stage] = max(0.0, float(value))
 
     def measure(self, unit: str, seconds: float) -> None:
@@ -80,7 +98,7 @@ class Timeline:
             current_left = (now - start_time) * (1.0 - within) / (within - start_within)
         else:
             current_left = max(self.expected[self.current] - in_stage, 0.1 * self.expected[self.current])
-        later = self.order[self.order.index(self.current) + 1:] if self.current else self.order
+        later = self.order[self.order.index(self.current) + 1 :] if self.current else self.order
         remaining = current_left + sum(self.expected[s] for s in later)
         if elapsed <= 0.0:
             return 0.0
@@ -88,8 +106,16 @@ class Timeline:
 
 
 def plan_compression(
-    *, iterations: int, gptq: bool, batch_size: int, gptq_samples: int, selection_samples: int,
-    candidates: int, batchnorm_samples: int, holdout_samples: int, clock: Callable[[], float] = time.monotonic,
+    *,
+    iterations: int,
+    gptq: bool,
+    batch_size: int,
+    gptq_samples: int,
+    selection_samples: int,
+    candidates: int,
+    batchnorm_samples: int,
+    holdout_samples: int,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Timeline:
     """The stages `compress` runs, with zero estimates until the first unit costs are measured (`revise`)."""
     stages = ["probe", "land_start"]
@@ -99,9 +125,14 @@ def plan_compression(
         stages += ["schedule", "land_final"]
     stages += ["select", "batchnorm", "evaluate"]
     plan = {
-        "iterations": iterations, "batch_size": batch_size,
-        "gptq_samples": gptq_samples, "selection_samples": selection_samples, "candidates": candidates,
-        "batchnorm_samples": batchnorm_samples, "holdout_samples": holdout_samples, "gptq": gptq,
+        "iterations": iterations,
+        "batch_size": batch_size,
+        "gptq_samples": gptq_samples,
+        "selection_samples": selection_samples,
+        "candidates": candidates,
+        "batchnorm_samples": batchnorm_samples,
+        "holdout_samples": holdout_samples,
+        "gptq": gptq,
     }
     return Timeline(dict.fromkeys(stages, 0.0), clock, plan)
 
