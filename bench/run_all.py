@@ -122,8 +122,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "paper": ("L² (preset paper)", {"preset": "paper"}),
     "uniform": (
         "Global uniform step + range coder (no learning)",
-        {"allocation": "equal_step", "per_channel": False, "rounds": 0, "rounding": "nearest",
-         "bn_recalibration": False},
+        {
+            "allocation": "equal_step",
+            "per_channel": False,
+            "rounds": 0,
+            "rounding": "nearest",
+            "bn_recalibration": False,
+        },
     ),
 }
 
@@ -149,8 +154,7 @@ def run_l2(
     t2 = time.perf_counter()
     mismatched = [k for k in result.state_dict if not torch.equal(result.state_dict[k], decoded[k])]
     run = peers.MethodRun(
-        method, f"target {target:g}×", summary.file_bytes, peers.fp32_bytes(sd), t1 - t0, t2 - t1,
-        dict(decoded)
+        method, f"target {target:g}×", summary.file_bytes, peers.fp32_bytes(sd), t1 - t0, t2 - t1, dict(decoded)
     )
     run.extra.update(
         {
@@ -165,9 +169,7 @@ def run_l2(
 
 
 def _log_run(subject: str, run: peers.MethodRun) -> None:
-    scores = "; ".join(
-        f"{k}: " + ", ".join(f"{m}={v:.4f}" for m, v in s.items()) for k, s in run.scores.items()
-    )
+    scores = "; ".join(f"{k}: " + ", ".join(f"{m}={v:.4f}" for m, v in s.items()) for k, s in run.scores.items())
     log.info(
         "%s | %s %s | %.2f× | %s | %.1f s + %.2f s",
         subject,
@@ -246,17 +248,17 @@ def bench_subject(
 
 
 def git_commit() -> str:
-    """HEAD of the tree the bench runs in (uncommitted changes are not visible here: commit before measuring)."""
+    """HEAD of the tree the bench runs in, marked ``+uncommitted`` when tracked files differ from it."""
     try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
+        head = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
+        changed = subprocess.check_output(["git", "status", "--porcelain", "--untracked-files=no"], text=True)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return f"{head}+uncommitted" if changed.strip() else head
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "--full",

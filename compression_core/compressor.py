@@ -43,7 +43,7 @@ from compression_core.recon.budget import (
     measure_file_bytes,
 )
 from compression_core.recon.finalize import build_contents, dtype_name, fit_target, replace_stored
-from compression_core.recon.gptq import GptqRounder
+from compression_core.recon.gptq import GptqRounder, gptq_layers, layer_hessians
 from compression_core.recon.losses import distillation_distance
 from compression_core.recon.schedule import Reporter, run_schedule
 from compression_core.recon.sensitivity import weight_sensitivity
@@ -167,7 +167,8 @@ def compress(
     iterations = config.rounds * (config.transform_iters + config.weight_iters)
     optimize_idx, select_idx = split_selection(num_samples(train_inputs), config.seed)
     with_batchnorm = config.bn_recalibration and has_batchnorm(work)
-    batchnorm_samples = num_samples(train_inputs) + 2 * min(num_samples(train_inputs), 512)
+    # Recalibration passes every optimization sample; the reference, before and after each up to 512.
+    batchnorm_samples = num_samples(train_inputs) + 3 * min(num_samples(train_inputs), 512)
     timeline = plan_compression(
         iterations=iterations,
         gptq=config.rounding == "gptq",
@@ -209,8 +210,14 @@ def compress(
     # Measured, not derived from the probe: a backward pass costs this model some unknown multiple of a
     # forward (on EfficientNet-Lite0 the probe's time / 3 overestimated a forward 2.4×).
     timeline.measure("sample", _seconds_per_sample(work, train_inputs, config, device))
-    # Until the first landing measures it, a build (symbols + range coding) is guessed from the weight count.
-    timeline.measure("build", 2e-7 * coded_numel)
+    if config.rounding == "gptq" and weights:
+        # Accumulating x·xᵀ of every layer's unfolded inputs costs this model ~10× a forward (EfficientNet-
+        # Lite0): timed on two samples rather than derived.
+        timeline.measure("hessian_sample", _seconds_per_hessian_sample(work, weights, train_inputs, config, device))
+    # Until the first landing measures them, a build (symbols + range coding) is guessed from the weight count
+    # (~45 ns a weight on EfficientNet-Lite0) and the start lands in a few builds.
+    timeline.measure("build", 5e-8 * coded_numel)
+    timeline.measure("builds", 3.0)
     revise(timeline)
     state = QuantizedState({k: work_sd[k] for k in original_sd}, plans, config, start_bits, start_steps)
     state = state.to(device)
@@ -259,7 +266,7 @@ def compress(
             t1 = time.monotonic()
             contents = finished()
             builds.append(time.monotonic() - t1)
-            expected = timeline.unit("builds", 10.0)
+            expected = timeline.unit("builds", 3.0)
             reporter.emit(phase, iterations, timeline.fraction(min(0.95, len(builds) / expected)))
             return contents
 
@@ -403,6 +410,14 @@ def _seconds_per_sample(model, inputs: Inputs, config: CompressionConfig, device
         t0 = time.monotonic()
         call_model(model, batch)
     return (time.monotonic() - t0) / max(1, num_samples(batch))
+
+
+def _seconds_per_hessian_sample(model, weights, inputs: Inputs, config: CompressionConfig, device) -> float:
+    """One timed Hessian accumulation over two samples (what GPTQ's input statistics cost a sample)."""
+    probe = select(inputs, slice(0, min(num_samples(inputs), 2)))
+    t0 = time.monotonic()
+    layer_hessians(model, gptq_layers(model, weights), probe, config.batch_size, device, max_samples=2)
+    return (time.monotonic() - t0) / max(1, num_samples(probe))
 
 
 def _transform_floats(plans, tensors: dict[str, torch.Tensor], per_channel: bool) -> int:

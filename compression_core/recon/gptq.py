@@ -57,7 +57,11 @@ def supported(module: nn.Module) -> bool:
 
 @torch.no_grad()
 def layer_hessians(
-    model: nn.Module, layers: dict[str, nn.Module], inputs: Inputs, batch_size: int, device: torch.device,
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    inputs: Inputs,
+    batch_size: int,
+    device: torch.device,
     max_samples: int = 128,
 ) -> dict[str, torch.Tensor]:
     """H = mean of x·xᵀ per layer and group, shape (groups, K, K), from the original model's inputs to each
@@ -71,6 +75,7 @@ def layer_hessians(
             h = torch.bmm(cols, cols.transpose(1, 2))
             sums[name] = sums[name] + h if name in sums else h
             counts[name] += cols.shape[2]
+
         return record
 
     handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
@@ -103,7 +108,9 @@ def _inverse_cholesky(h: torch.Tensor, damping: float) -> torch.Tensor:
 
 @torch.no_grad()
 def gptq_round(
-    weight: torch.Tensor, hessian: torch.Tensor, quantize: Callable[[torch.Tensor], torch.Tensor],
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    quantize: Callable[[torch.Tensor], torch.Tensor],
     damping: float = DEFAULT_DAMPING,
 ) -> torch.Tensor:
     """Quantized weight (same shape) chosen column by column with error compensation. ``quantize`` maps
@@ -135,6 +142,18 @@ def gptq_round(
     return torch.empty_like(q).scatter_(2, order[:, None, :].expand(-1, rows, -1), q).reshape(weight.shape)
 
 
+def gptq_layers(model: nn.Module, names) -> dict[str, nn.Module]:
+    """The modules whose ``weight`` is among ``names`` and that GPTQ can round, by weight name."""
+    modules = dict(model.named_modules())
+    layers = {}
+    for name in names:
+        owner, _, leaf = name.rpartition(".")
+        module = modules.get(owner)
+        if leaf == "weight" and module is not None and supported(module):
+            layers[name] = module
+    return layers
+
+
 def column_quantizer(transform: Transform) -> Callable[[torch.Tensor], torch.Tensor]:
     """T⁻¹(⌊T(v)⌉) for a vector holding one weight of every output channel."""
 
@@ -161,14 +180,7 @@ class GptqRounder:
         damping: float = DEFAULT_DAMPING,
     ) -> None:
         self.damping = damping
-        modules = dict(model.named_modules())
-        layers = {}
-        for name in targets:
-            owner, _, leaf = name.rpartition(".")
-            module = modules.get(owner)
-            if leaf == "weight" and module is not None and supported(module):
-                layers[name] = module
-        self.hessians = layer_hessians(model, layers, inputs, batch_size, device, max_samples)
+        self.hessians = layer_hessians(model, gptq_layers(model, targets), inputs, batch_size, device, max_samples)
         self.originals = {name: targets[name][0].detach().clone() for name in self.hessians}
         self.targets = targets
         log.info("GPTQ rounding for %d of %d coded weights", len(self.hessians), len(targets))

@@ -42,18 +42,39 @@ def test_estimates_change_only_the_current_and_later_stages():
         timeline.begin("d")
 
 
+def test_finished_stages_report_their_seconds_and_their_estimate():
+    clock = Clock()
+    timeline = Timeline({"a": 4.0, "b": 10.0}, clock)
+    timeline.begin("a")
+    clock.now += 3.0
+    timeline.begin("b")
+    timeline.estimate(a=99.0)  # a finished stage keeps what it took
+    clock.now += 12.0
+    timeline.finish()
+    assert timeline.report() == {"a": {"seconds": 3.0, "estimated": 4.0}, "b": {"seconds": 12.0, "estimated": 10.0}}
+    assert timeline.fraction() == pytest.approx(0.995)
+
+
 def test_measured_unit_costs_size_every_pending_stage():
     timeline = plan_compression(
-        iterations=100, gptq=True, batch_size=8, gptq_samples=128, selection_samples=20,
-        candidates=3, batchnorm_samples=600, holdout_samples=30, clock=Clock(),
+        iterations=100,
+        gptq=True,
+        batch_size=8,
+        gptq_samples=128,
+        selection_samples=20,
+        candidates=3,
+        batchnorm_samples=600,
+        holdout_samples=30,
+        clock=Clock(),
     )
     timeline.begin("probe")
-    for unit, seconds in {"sample": 0.01, "build": 2.0, "builds": 6, "round": 5.0}.items():
+    units = {"sample": 0.01, "hessian_sample": 0.1, "build": 2.0, "builds": 6, "round": 5.0}
+    for unit, seconds in units.items():
         timeline.measure(unit, seconds)
     revise(timeline)
     assert timeline.expected["land_start"] == pytest.approx(12.0)
     assert timeline.expected["land_gptq"] == timeline.expected["land_final"] == pytest.approx(6 * 7.0)
     assert timeline.expected["schedule"] == pytest.approx(100 * (3 * 8 * 0.01 + 0.5 * 2.0))
-    assert timeline.expected["hessians"] == pytest.approx(1.5 * 128 * 0.01)
+    assert timeline.expected["hessians"] == pytest.approx(128 * 0.1)
     assert timeline.expected["select"] == pytest.approx(3 * (20 * 0.01 + 2.0))
     assert timeline.expected["batchnorm"] == pytest.approx(600 * 0.01)
