@@ -211,8 +211,8 @@ def compress(
     # forward (on EfficientNet-Lite0 the probe's time / 3 overestimated a forward 2.4×).
     timeline.measure("sample", _seconds_per_sample(work, train_inputs, config, device))
     if config.rounding == "gptq" and weights:
-        # Accumulating x·xᵀ of every layer's unfolded inputs costs this model ~10× a forward (EfficientNet-
-        # Lite0): timed on two samples rather than derived.
+        # Accumulating x·xᵀ of every layer's unfolded inputs costs ~10× a forward (EfficientNet-Lite0): timed
+        # rather than derived.
         timeline.measure("hessian_sample", _seconds_per_hessian_sample(work, weights, train_inputs, config, device))
     # Until the first landing measures them, a build (symbols + range coding) is guessed from the weight count
     # (~45 ns a weight on EfficientNet-Lite0) and the start lands in a few builds.
@@ -221,6 +221,9 @@ def compress(
     revise(timeline)
     state = QuantizedState({k: work_sd[k] for k in original_sd}, plans, config, start_bits, start_steps)
     state = state.to(device)
+    if iterations:
+        timeline.measure("rate", _seconds_per_rate(state))
+        revise(timeline)
 
     cache = {"step": 0, "value": init_side}
 
@@ -292,6 +295,7 @@ def compress(
             device,
             config.gptq_samples,
             damping=config.gptq_damping,
+            on_batch=lambda done: reporter.emit("gptq", 0, timeline.fraction(done)),
         )
     with_phases = bool(state.names and iterations)
     if rounder is not None:
@@ -413,11 +417,23 @@ def _seconds_per_sample(model, inputs: Inputs, config: CompressionConfig, device
 
 
 def _seconds_per_hessian_sample(model, weights, inputs: Inputs, config: CompressionConfig, device) -> float:
-    """One timed Hessian accumulation over two samples (what GPTQ's input statistics cost a sample)."""
-    probe = select(inputs, slice(0, min(num_samples(inputs), 2)))
+    """One timed Hessian accumulation over a batch of up to 8 samples (what GPTQ's input statistics cost a
+    sample; two samples underestimated it 1.5× on EfficientNet-Lite0)."""
+    probe = select(inputs, slice(0, min(num_samples(inputs), config.batch_size, 8)))
     t0 = time.monotonic()
-    layer_hessians(model, gptq_layers(model, weights), probe, config.batch_size, device, max_samples=2)
+    layer_hessians(model, gptq_layers(model, weights), probe, config.batch_size, device, num_samples(probe))
     return (time.monotonic() - t0) / max(1, num_samples(probe))
+
+
+def _seconds_per_rate(state: QuantizedState) -> float:
+    """One timed evaluation of every tensor's T⁻¹(⌊T(w)⌉) and the soft entropy counter, with its backward:
+    what a schedule iteration costs beyond the model (80 % of one on EfficientNet-Lite0)."""
+    t0 = time.monotonic()
+    _, rate = state.quantized_and_rate()
+    if rate.requires_grad:
+        rate.backward()
+        state.zero_grad(set_to_none=True)
+    return time.monotonic() - t0
 
 
 def _transform_floats(plans, tensors: dict[str, torch.Tensor], per_channel: bool) -> int:

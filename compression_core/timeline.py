@@ -91,7 +91,7 @@ class Timeline:
             self._first_report = (now, within)
         if self.current is None:
             current_left = 0.0
-        elif self._first_report is not None and within - self._first_report[1] >= 0.05:
+        elif self._first_report is not None and within - self._first_report[1] >= 0.02:
             # The stage's own pace since its first report (set-up before it, e.g. caching the teacher's
             # outputs, is not part of the pace).
             start_time, start_within = self._first_report
@@ -141,15 +141,16 @@ def revise(timeline: Timeline) -> None:
     """Re-estimate every pending stage from the unit costs measured so far: ``sample`` (seconds per sample
     forward), ``hessian_sample`` (seconds per sample of GPTQ's input statistics), ``build`` (seconds per
     ratio-controller build), ``builds`` (builds per landing), ``round`` (seconds per GPTQ rounding of the
-    network). A schedule iteration is estimated from ``sample`` and ``build``;
-    once the schedule runs, its own pace takes over (`Timeline.fraction`)."""
+    network), ``rate`` (seconds of the quantizer and entropy counter with their backward). A schedule iteration
+    is estimated from ``sample`` and ``rate``; once the schedule runs, its own pace takes over
+    (`Timeline.fraction`)."""
     plan = timeline.plan
     sample = timeline.unit("sample", 0.0)
     build = timeline.unit("build", 0.0)
     builds = timeline.unit("builds", 3.0)
     rounding = timeline.unit("round", 2.0 * build)
     hessian_sample = timeline.unit("hessian_sample", 1.5 * sample)
-    iteration = 3.0 * plan["batch_size"] * sample + 0.5 * build
+    iteration = 3.0 * plan["batch_size"] * sample + timeline.unit("rate", 0.5 * build)
     gptq_landing = builds * (build + rounding) if plan["gptq"] else builds * build
     timeline.estimate(
         land_start=builds * build,

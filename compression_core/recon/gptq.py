@@ -63,9 +63,11 @@ def layer_hessians(
     batch_size: int,
     device: torch.device,
     max_samples: int = 128,
+    on_batch: Callable[[float], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """H = mean of x·xᵀ per layer and group, shape (groups, K, K), from the original model's inputs to each
-    layer on at most ``max_samples`` calibration samples."""
+    layer on at most ``max_samples`` calibration samples. ``on_batch`` is told the share done after each
+    batch (a progress estimate's pace)."""
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = dict.fromkeys(layers, 0)
 
@@ -81,8 +83,12 @@ def layer_hessians(
     handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
     try:
         subset = select(inputs, slice(0, min(num_samples(inputs), max_samples)))
+        total, done = num_samples(subset), 0
         for batch in batches(subset, batch_size):
             call_model(model, to_device(batch, device))
+            done += num_samples(batch)
+            if on_batch is not None:
+                on_batch(done / total)
     finally:
         for h in handles:
             h.remove()
@@ -178,9 +184,11 @@ class GptqRounder:
         device: torch.device,
         max_samples: int = 128,
         damping: float = DEFAULT_DAMPING,
+        on_batch: Callable[[float], None] | None = None,
     ) -> None:
         self.damping = damping
-        self.hessians = layer_hessians(model, gptq_layers(model, targets), inputs, batch_size, device, max_samples)
+        layers = gptq_layers(model, targets)
+        self.hessians = layer_hessians(model, layers, inputs, batch_size, device, max_samples, on_batch)
         self.originals = {name: targets[name][0].detach().clone() for name in self.hessians}
         self.targets = targets
         log.info("GPTQ rounding for %d of %d coded weights", len(self.hessians), len(targets))
