@@ -299,7 +299,8 @@ def compress(
         )
     with_phases = bool(state.names and iterations)
     if rounder is not None:
-        reporter.emit("gptq", 0, timeline.fraction(), message="second-order rounding of the initial allocation")
+        # fraction(1.0): the stage before is over (its estimate no longer counts), the landing not begun.
+        reporter.emit("gptq", 0, timeline.fraction(1.0), message="second-order rounding of the initial allocation")
         unrounded = copy.deepcopy(state.state_dict())
         rounded_start = land("land_gptq", "gptq", rounder)
         if with_phases:  # what the shorter preset writes stays a candidate; the phases begin at the start
@@ -313,7 +314,7 @@ def compress(
             work, state, optimize_inputs, config, budget, side_bytes, reporter, device, fraction_of=timeline.fraction
         )
         reporter.check_cancel()
-        reporter.emit("finalize", iterations, timeline.fraction(), message="landing the exact file size")
+        reporter.emit("finalize", iterations, timeline.fraction(1.0), message="landing the exact file size")
         if rounder is not None:
             rounder.take_current_weights()
         candidates["optimized"] = land("land_final", "finalize", rounder)

@@ -89,7 +89,7 @@ class Timeline:
         in_stage = now - self.stage_started
         if within > 0.0 and self._first_report is None:
             self._first_report = (now, within)
-        if self.current is None:
+        if self.current is None or within >= 1.0:
             current_left = 0.0
         elif self._first_report is not None and within - self._first_report[1] >= 0.02:
             # The stage's own pace since its first report (set-up before it, e.g. caching the teacher's
