@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import subprocess
 
+import pytest
 from api_helpers import files_under, upload_checkpoint, upload_dataset
 from conftest import MAX_UPLOAD
 
@@ -220,3 +223,24 @@ def test_the_writer_hashes_beside_writing_and_its_digests_end_where_the_file_doe
         assert digest.inner.hexdigest() == hashlib.sha256(on_disk).hexdigest()
     assert len(first.threads) == len(second.threads) == 1 and first.threads != second.threads
     assert all(name.startswith("l2-upload-hash") for name, _ in first.threads | second.threads)
+
+
+@pytest.mark.skipif(shutil.which("fincore") is None, reason="needs fincore (util-linux) to see the page cache")
+def test_an_uploaded_file_leaves_the_page_cache_once_on_disk(client, tenant_a, settings):
+    """The writer drops the pages it wrote from the page cache once they are on disk (issue 10: filling the
+    cache with GB of upload pages cost the server more CPU than writing them), so a stored upload occupies
+    no memory afterwards."""
+    from api.storage import WRITE_BUFFER_BYTES
+
+    settings.max_upload_bytes = 32 * WRITE_BUFFER_BYTES
+    data = hashlib.sha256(b"cached?").digest() * (24 * WRITE_BUFFER_BYTES // 32)
+    r = upload_checkpoint(client, tenant_a, data, filename="big.safetensors")
+    assert r.status_code == 201, r.text
+    (stored,) = files_under(settings.data_dir / "checkpoints")
+    resident = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(stored)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert stored.stat().st_size == len(data) and int(resident) < WRITE_BUFFER_BYTES
