@@ -50,6 +50,9 @@ class CompressionOptions(_Strict):
     transform_lr: float | None = Field(None, gt=0)
     weight_lr: float | None = Field(None, ge=0)
     rate_weight: float | None = Field(None, ge=0)
+    counter_samples: int | None = Field(
+        None, ge=0, le=1_000_000_000, description="codes per tensor the entropy counter judges while training; 0 = all"
+    )
     allocation: Literal["sensitivity", "equal_step", "equal_bits"] | None = None
     rounding: Literal["gptq", "nearest"] | None = Field(
         None, description="gptq: second-order rounding under the learned grids; nearest: round to nearest"

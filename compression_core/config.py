@@ -26,7 +26,10 @@ class CompressionConfig:
     buffers and integer tensors are).
     ``rounds`` alternations of ``transform_iters`` (transform parameters + rate term) and ``weight_iters``
     (latent weights + rate term), each iteration on one calibration batch of ``batch_size``.
-    ``rate_weight`` is λ of the normalised hinge λ·ReLU(S − B)/B. ``allocation`` is where the bits start:
+    ``rate_weight`` is λ of the normalised hinge λ·ReLU(S − B)/B; ``counter_samples`` > 0 lets the soft
+    entropy counter judge a larger tensor from that many of its codes (fixed random subset, scaled to its
+    size; the paper's code judges n/128) instead of all of them — the file size is always measured exactly.
+    ``allocation`` is where the bits start:
     ``sensitivity`` (steps ∝ 1/√(measured sensitivity), spending the budget), ``equal_step`` (one step for
     every weight) or ``equal_bits`` (the same bits per weight in every tensor); see `recon/allocation.py`.
     ``rounding``: ``gptq`` (second-order rounding of the codes under the learned grids, `recon/gptq.py`, on
@@ -50,6 +53,7 @@ class CompressionConfig:
     transform_lr: float = 1e-3
     weight_lr: float = 1e-4
     rate_weight: float = 10.0
+    counter_samples: int = 0
     allocation: str = "sensitivity"
     rounding: str = "gptq"
     gptq_samples: int = 128
@@ -88,6 +92,7 @@ class CompressionConfig:
         need(self.transform_lr > 0, "transform_lr", "must be > 0")
         need(self.weight_lr >= 0, "weight_lr", "must be ≥ 0")
         need(self.rate_weight >= 0, "rate_weight", "must be ≥ 0")
+        need(self.counter_samples >= 0, "counter_samples", "must be ≥ 0 (0 counts every code)")
         need(self.allocation in ALLOCATIONS, "allocation", f"one of {ALLOCATIONS}")
         need(self.rounding in ROUNDINGS, "rounding", f"one of {ROUNDINGS}")
         need(self.gptq_samples >= 1, "gptq_samples", "must be ≥ 1")

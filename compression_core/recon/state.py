@@ -31,6 +31,7 @@ class QuantizedState(nn.Module):
         super().__init__()
         steps = steps or {}
         self.config = config
+        self._subsets: dict[int, torch.Tensor] = {}
         self.names: list[str] = []
         self.latents = nn.ParameterList()
         self.transforms = nn.ModuleList()
@@ -42,7 +43,10 @@ class QuantizedState(nn.Module):
             self.latents.append(nn.Parameter(w, requires_grad=plan.learnable))
             self.transforms.append(
                 make_transform(
-                    plan.kind, w, per_channel=self.config.per_channel, bits=bits[plan.name],
+                    plan.kind,
+                    w,
+                    per_channel=self.config.per_channel,
+                    bits=bits[plan.name],
                     step=steps.get(plan.name),
                 )
             )
@@ -52,14 +56,35 @@ class QuantizedState(nn.Module):
 
     def quantized_and_rate(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """ŵ = T⁻¹(⌊T(w)⌉) for every coded tensor and the differentiable total entropy S in bits, sharing
-        one evaluation of T(w) per tensor."""
+        one evaluation of T(w) per tensor. With ``config.counter_samples`` > 0, a larger tensor's S is its
+        entropy per code over that many codes (a fixed random subset), times its size."""
         quantized: dict[str, torch.Tensor] = {}
         rate = self.latents[0].new_zeros(()) if len(self.latents) else torch.zeros(())
-        for name, w, t in self.items():
+        for i, (name, w, t) in enumerate(self.items()):
             codes = t.codes(w)
             quantized[name] = t.inverse(round_ste(codes), w)
-            rate = rate + entropy_bits(codes, self.config.kernel, self.config.resolution)
+            rate = rate + self.rate_of(i, codes)
         return quantized, rate
+
+    def rate_of(self, index: int, codes: torch.Tensor) -> torch.Tensor:
+        """Differentiable bits of coded tensor ``index`` given its continuous codes T(w)."""
+        subset = self._counter_subset(index, codes.numel())
+        if subset is None:
+            return entropy_bits(codes, self.config.kernel, self.config.resolution)
+        judged = entropy_bits(codes.reshape(-1)[subset], self.config.kernel, self.config.resolution)
+        return judged * (codes.numel() / subset.numel())
+
+    def _counter_subset(self, index: int, numel: int) -> torch.Tensor | None:
+        """The codes of tensor ``index`` the counter judges (None: all of them); fixed per run and seed, so
+        the rate's noise does not change between iterations."""
+        limit = self.config.counter_samples
+        if limit <= 0 or numel <= limit:
+            return None
+        if index not in self._subsets:
+            generator = torch.Generator().manual_seed(self.config.seed * 7919 + index)
+            chosen = torch.randperm(numel, generator=generator)[:limit].sort().values
+            self._subsets[index] = chosen.to(self.latents[index].device)
+        return self._subsets[index]
 
     def transform_parameters(self) -> list[nn.Parameter]:
         return list(self.transforms.parameters())
