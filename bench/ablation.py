@@ -68,8 +68,13 @@ def main(argv: list[str] | None = None) -> None:
         help="also score the model with only one family of layers decoded (classifier, depthwise, pointwise, "
         "other convolutions, 1-D parameters), the rest left at fp32: where the loss comes from",
     )
+    parser.add_argument(
+        "--subject-option", action="append", default=[], metavar="KEY=VALUE",
+        help="override a subject's data argument (e.g. calibration_crops=1000: more calibration samples)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    subject_overrides = parse_overrides(",".join(args.subject_option))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("compression_core").setLevel(logging.WARNING)
     bench_models.set_threads()
@@ -77,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     journal = args.out / "ablation.jsonl"
     machine = f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, {platform.platform()}"
     for name in args.models:
-        subject = bench_models.SUBJECTS[name](**SUBJECT_ARGS[name])
+        subject = bench_models.SUBJECTS[name](**{**SUBJECT_ARGS[name], **subject_overrides})
         subject.model = subject.model.float().eval()
         if not args.probe:
             subject.evaluations = {k: v for k, v in subject.evaluations.items() if "probe" not in k}
