@@ -74,11 +74,7 @@ def compare_with_nncodec(report: dict) -> list[dict]:
         for panel, primary in data["panels"].items():
             # The primary score, plus top-1 agreement with fp32 where it is a secondary score (less noisy than
             # accuracy on a small or shifted test set).
-            extra = (
-                ["agreement"]
-                if primary != "agreement" and "agreement" in fp32_run["scores"].get(panel, {})
-                else []
-            )
+            extra = ["agreement"] if primary != "agreement" and "agreement" in fp32_run["scores"].get(panel, {}) else []
             for metric in [primary, *extra]:
                 item = _compare_panel(subject, panel, metric, runs, secondary=metric != primary)
                 if item:
@@ -171,6 +167,12 @@ def render_markdown(report: dict) -> str:
     for subject, data in report.get("subjects", {}).items():
         panels = data["panels"]
         lines += [f"## {subject}", "", data["description"] + ".", ""]
+        if "measured" in data:  # merged from another run of run_all (`bench/merge_peers.py`)
+            m = data["measured"]
+            lines += [
+                f"Measured in a separate run: started {m['started']}, commit {m['commit']}, command `{m['command']}`.",
+                "",
+            ]
         head = ["method", "setting", "true ratio", "bytes"]
         cols = []
         fp32_scores = next((r["scores"] for r in data["runs"] if r["method"] == "fp32"), {})
@@ -244,8 +246,7 @@ def render_markdown(report: dict) -> str:
             "",
             "Every NNCodec point (primary scores; single points on small test sets are noisy):",
             "",
-            "| panel | NNCodec point | ratio | score | L² ratio at equal score | factor "
-            "| L² score at that ratio |",
+            "| panel | NNCodec point | ratio | score | L² ratio at equal score | factor | L² score at that ratio |",
             "|---|---|---|---|---|---|---|",
         ]
         for c in comps:
@@ -258,9 +259,7 @@ def render_markdown(report: dict) -> str:
                     else ("≥ " if r["censored"] else "") + f"{r['l2_ratio_at_equal_score']:.2f}×"
                 )
                 factor = (
-                    "–"
-                    if r["ratio_factor"] is None
-                    else ("≥ " if r["censored"] else "") + f"{r['ratio_factor']:.2f}"
+                    "–" if r["ratio_factor"] is None else ("≥ " if r["censored"] else "") + f"{r['ratio_factor']:.2f}"
                 )
                 lines.append(
                     f"| {c['panel']} | {r['nncodec_setting']} | {r['nncodec_ratio']:.2f}× | "
@@ -318,9 +317,7 @@ def render_plot(report: dict, path: Path) -> None:
             )
             if pts:
                 label = next(r["method"] for r in runs if r["method"].startswith(prefix))
-                ax.plot(
-                    [p[0] for p in pts], [p[1] for p in pts], color=color, marker=marker, ls=ls, label=label
-                )
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, marker=marker, ls=ls, label=label)
         ax.set_xscale("log")
         ax.set_xticks([1, 2, 3, 5, 10, 15, 20, 30])
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g×"))
