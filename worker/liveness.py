@@ -38,6 +38,26 @@ FORGET_AFTER = timedelta(days=1)
 PARENT_CHECK_S = 1.0
 
 
+def supervisor_gone(supervisor_pid: int, main_pid: int) -> bool:
+    """From a pool child: is the Celery main process ``main_pid`` no longer run by ``supervisor_pid``? Its
+    own watch shuts it down warm, but a message it fetches meanwhile still reaches the pool; the task asks
+    this before taking the job. Linux reads the main process's parent from /proc; elsewhere the supervisor's
+    pid is probed."""
+    if not supervisor_pid:
+        return False
+    try:
+        with open(f"/proc/{main_pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1]) != supervisor_pid
+    except (OSError, ValueError, IndexError):
+        try:
+            os.kill(supervisor_pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
+
+
 class MainProcessWatch:
     def __init__(
         self,

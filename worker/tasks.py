@@ -8,10 +8,15 @@ pipeline with a message for the user, and retrying would fail the same way.
 from __future__ import annotations
 
 import logging
+import os
+
+from celery.exceptions import Reject
 
 from store.db import SessionLocal, is_transient
+from store.settings import get_settings
 from worker.celery_app import TASK_NAME, celery_app
 from worker.claims import STALE_AFTER_S, Outcome, claim_job
+from worker.liveness import supervisor_gone
 from worker.progress import Heartbeat
 
 log = logging.getLogger(__name__)
@@ -24,6 +29,11 @@ def run_job(self, job_id) -> str:
     The claim comes first, before torch is imported: the job shows ``running`` as soon as a worker has it, and
     the sweep for lost messages (`worker.recovery`) never mistakes a delivered job for a lost one while the
     pool child is still importing torch."""
+    if supervisor_gone(get_settings().supervisor_pid, os.getppid()):
+        # Orphaned (`l2 serve` or `l2 worker` was killed) and shutting down: the message goes back unclaimed,
+        # for the worker that replaces this one.
+        log.warning("job %s: this worker's supervisor is gone; leaving the job queued", job_id)
+        raise Reject("supervisor gone", requeue=True)
     try:
         outcome, claim = claim_job(job_id, SessionLocal, stale_after_s=STALE_AFTER_S)
         if outcome is not Outcome.CLAIMED:

@@ -18,7 +18,7 @@ from test_worker_units import add_job, db, events, row, settings  # noqa: F401  
 
 from store.models import Job, WorkerHeartbeat, utcnow
 from store.queues import TASK_NAME, job_id_of, make_celery
-from worker.liveness import MainProcessWatch
+from worker.liveness import MainProcessWatch, supervisor_gone
 from worker.recovery import LostMessages
 from worker.supervisor import WorkerSupervisor
 
@@ -182,3 +182,22 @@ def test_the_process_computing_jobs_yields_to_the_api(nice, settings, monkeypatc
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == [str(os.nice(0) + nice), "1"]
+
+
+def test_a_pool_child_knows_when_its_main_process_lost_the_supervisor():
+    # This process plays the Celery main process: its parent is the supervisor.
+    assert not supervisor_gone(os.getppid(), os.getpid())
+    assert supervisor_gone(os.getpid(), os.getpid())  # its parent is someone else now
+    assert not supervisor_gone(0, os.getpid())  # not supervised
+
+
+def test_an_orphaned_worker_leaves_the_job_queued_for_the_next_one(monkeypatch):
+    from celery.exceptions import Reject
+
+    from worker import tasks
+
+    monkeypatch.setattr(tasks, "supervisor_gone", lambda supervisor, main: True)
+    monkeypatch.setattr(tasks, "claim_job", lambda *a, **k: pytest.fail("an orphaned worker claimed a job"))
+    with pytest.raises(Reject) as rejected:
+        tasks.run_job.run("job-1")
+    assert rejected.value.requeue
