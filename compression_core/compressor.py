@@ -32,7 +32,6 @@ from compression_core.recon.allocation import initial_bits, sensitivity_steps
 from compression_core.recon.batchnorm import has_batchnorm, recalibrate_batchnorm
 from compression_core.recon.bn_statistics import (
     ESTIMATED_BYTES_PER_VALUE,
-    StatisticPlan,
     code_statistics,
     plan_statistics,
 )
@@ -139,8 +138,13 @@ def compress(
     work_sd = work.state_dict()
     plans = [plan_tensor(name, work_sd[name], name in param_names, config) for name in original_sd]
 
+    coded = [p for p in plans if p.kind is not None]
+    vectors = {p.name: work_sd[p.name] for p in coded if p.kind == "linear" and work_sd[p.name].dim() < 2}
+    weights = {p.name: work_sd[p.name] for p in coded if p.name not in vectors}
     total_original = sum(original_bytes((k, dtype_name(v), v.numel())) for k, v in original_sd.items())
-    statistics = _statistic_plans(work, plans, work_sd, config)
+    statistics = (
+        plan_statistics(work, set(vectors), config.bn_statistics_precision) if config.bn_statistics_precision else {}
+    )
     stored_bytes = sum(
         original_sd[p.name].numel() * original_sd[p.name].element_size()
         for p in plans
@@ -181,9 +185,6 @@ def compress(
     )
     reporter = Reporter(iterations, progress, should_cancel)
     timeline.begin("probe")
-    coded = [p for p in plans if p.kind is not None]
-    vectors = {p.name: work_sd[p.name] for p in coded if p.kind == "linear" and work_sd[p.name].dim() < 2}
-    weights = {p.name: work_sd[p.name] for p in coded if p.name not in vectors}
     start_steps = None
     if config.allocation == "sensitivity" and weights:
         # Biases and norm scales join the allocation (one step per tensor even with per-channel steps): at a
@@ -330,11 +331,12 @@ def compress(
     reporter.check_cancel()
     timeline.begin("batchnorm")
 
-    def recode(values: dict[str, torch.Tensor]) -> tuple[ArtifactContents, int] | None:
+    def recode(values: dict[str, torch.Tensor]):
         """The landed contents with recalibrated statistics (coded ones at their steps, coarser if the file
-        would outgrow the target); None when they cannot fit."""
+        would outgrow the target), their size and decoded weights; None when they cannot fit."""
         stored = {k: v for k, v in values.items() if k in decoded and not _is_coded(contents, k)}
-        return _fit_statistics(replace_stored(contents, stored), statistics, values, budget.target_file_bytes)
+        fitted = _fit_statistics(replace_stored(contents, stored), statistics, values, budget.target_file_bytes)
+        return None if fitted is None else (*fitted, decode_state_dict(fitted[0], original_sd))
 
     decoded_model, bn_note, recoded = _maybe_recalibrate(
         model,
@@ -344,11 +346,10 @@ def compress(
         device,
         reporter,
         timeline,
-        lambda values: _decoded_if_fits(recode(values), original_sd),
+        recode,
     )
     if recoded is not None:
-        contents, file_bytes = recoded
-        decoded = decode_state_dict(contents, original_sd)
+        contents, file_bytes, decoded = recoded
 
     timeline.begin("evaluate")
     reporter.emit(
@@ -451,14 +452,6 @@ def _is_coded(contents: ArtifactContents, name: str) -> bool:
     return any(isinstance(r, CodedTensor) and r.name == name for r in contents.records)
 
 
-def _statistic_plans(work, plans, work_sd, config: CompressionConfig) -> dict[str, StatisticPlan]:
-    """Which BN running statistics are coded (`recon/bn_statistics.py`); none when the option is 0."""
-    if config.bn_statistics_precision == 0:
-        return {}
-    vectors = {p.name for p in plans if p.kind == "linear" and work_sd[p.name].dim() < 2}
-    return plan_statistics(work, vectors, config.bn_statistics_precision)
-
-
 def _fit_statistics(contents, statistics, values, target_bytes: float, attempts: int = 40):
     """Code ``values``' statistics into ``contents``, coarsening their steps until the file fits the target
     again (recalibrated statistics can cost a few bytes more than the ones the size was landed with)."""
@@ -472,13 +465,6 @@ def _fit_statistics(contents, statistics, values, target_bytes: float, attempts:
     return None
 
 
-def _decoded_if_fits(recoded, original_sd):
-    if recoded is None:
-        return None
-    contents, size = recoded
-    return contents, size, decode_state_dict(contents, original_sd)
-
-
 def _as_float(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in values.items()}
 
@@ -488,7 +474,7 @@ def _maybe_recalibrate(model, decoded, train_inputs, config, device, reporter, t
     distillation distance on the optimization samples (never on held-out samples). ``recode`` turns the
     recalibrated state into (contents, file bytes, decoded weights), or None when they do not fit the target;
     the judgement is made on those decoded weights, coded statistics included. Returns the model to evaluate,
-    a note for the result, and the recoded (contents, file bytes) when the recalibration is kept."""
+    a note for the result, and what ``recode`` returned when the recalibration is kept."""
     candidate = copy.deepcopy(model).float().eval().to(device)
     candidate.load_state_dict(_as_float(decoded))
     if not (config.bn_recalibration and has_batchnorm(candidate)):
@@ -503,12 +489,11 @@ def _maybe_recalibrate(model, decoded, train_inputs, config, device, reporter, t
     recoded = recode(recal.state_dict())
     if recoded is None:
         return candidate, {"applied": True, "kept": False, "distance_before": before, "fits": False}, None
-    contents, file_bytes, recal_decoded = recoded
-    recal.load_state_dict(_as_float(recal_decoded))
+    recal.load_state_dict(_as_float(recoded[2]))
     after = _distance_on(recal, ref_out, probe, config, device)
     kept = after < before
     note = {"applied": True, "kept": kept, "distance_before": before, "distance_after": after}
-    return (recal, note, (contents, file_bytes)) if kept else (candidate, note, None)
+    return (recal, note, recoded) if kept else (candidate, note, None)
 
 
 def _evaluate(model, decoded_model, calibration, holdout_idx, config, device) -> dict:

@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from compression_core.records import ArtifactContents, CodedTensor
-from compression_core.transforms.levels import decode_symbols
 
 # The levels of one statistic never exceed this (≤ 12 bits a value): a layer whose β step is tiny must not
 # spend more on its statistics than fp32 would.
@@ -86,15 +85,6 @@ def code_statistics(
             record = _coded(plan, record, values[record.name], step)
         records.append(record)
     return ArtifactContents(records=records, metadata=contents.metadata)
-
-
-def decoded_statistics(contents: ArtifactContents, plans: dict[str, StatisticPlan]) -> dict[str, torch.Tensor]:
-    """The statistics a user decodes from ``contents`` (float32), by name."""
-    return {
-        r.name: torch.from_numpy(np.ascontiguousarray(decode_symbols(r.kind, r.params, r.symbols, r.shape)))
-        for r in contents.records
-        if r.name in plans and isinstance(r, CodedTensor)
-    }
 
 
 def _coded(plan: StatisticPlan, record, value: torch.Tensor, step: float) -> CodedTensor:

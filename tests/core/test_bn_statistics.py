@@ -7,7 +7,8 @@ from torch import nn
 
 from compression_core import CompressionConfig, compress
 from compression_core.coding import encode_l2, load_l2
-from compression_core.recon.bn_statistics import code_statistics, decoded_statistics, plan_statistics
+from compression_core.compressor import decode_state_dict
+from compression_core.recon.bn_statistics import code_statistics, plan_statistics
 from compression_core.records import ArtifactContents, CodedTensor, StoredTensor
 
 
@@ -46,7 +47,7 @@ def test_statistics_errors_match_their_layers_beta_and_gamma_precision(precision
     assert {(name, p.kind) for name, p in plans.items()} == {("0.running_mean", "linear"), ("0.running_var", "log")}
     step = 0.01
     coded = code_statistics(_contents_with_anchor_steps(model, step), plans, model.state_dict())
-    values = {k.removeprefix("0."): v for k, v in decoded_statistics(coded, plans).items()}
+    values = {k.removeprefix("0."): v for k, v in decode_state_dict(coded, model.state_dict()).items()}
     sigma = torch.sqrt(bn.running_var + bn.eps)
     # Output error of the mean: γ Δμ / σ; its RMS over channels is at most precision × β's worst error s/2.
     mean_error = bn.weight * (values["running_mean"] - bn.running_mean) / sigma
