@@ -32,7 +32,9 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 CACHE = Path(__file__).resolve().parent / "cache"
-OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
+# Debian's opencv-doc photos; L2_BENCH_PHOTOS names a copy of them where that package cannot be installed
+# (the GPU machine: bench/bench_gpu.py).
+OPENCV_DATA = Path(os.environ.get("L2_BENCH_PHOTOS", "/usr/share/doc/opencv-doc/examples/data"))
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 # An evaluation takes a model (already on the device, eval mode) and returns named scores; the subject names
@@ -62,9 +64,7 @@ def _batched_logits(model: nn.Module, x: torch.Tensor, batch: int = 256) -> torc
     return torch.cat(out)
 
 
-def _accuracy_evaluator(
-    reference: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256
-) -> Evaluator:
+def _accuracy_evaluator(reference: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> Evaluator:
     """Labelled accuracy (the primary score) plus top-1 agreement with the fp32 ``reference``."""
     reference_pred = _batched_logits(reference, x, batch).argmax(1)
 
@@ -316,9 +316,7 @@ def _crops(photos: list[np.ndarray], count: int, size: int, seed: int) -> torch.
         if rng.random() < 0.5:
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         scale = resize_to / min(ch, cw)
-        crop = crop.resize(
-            (max(size, round(cw * scale)), max(size, round(ch * scale))), Image.Resampling.BILINEAR
-        )
+        crop = crop.resize((max(size, round(cw * scale)), max(size, round(ch * scale))), Image.Resampling.BILINEAR)
         cw2, ch2 = crop.size
         l2, t2 = (cw2 - size) // 2, (ch2 - size) // 2
         arr = np.asarray(crop.crop((l2, t2, l2 + size, t2 + size)), dtype=np.float32) / 255.0
@@ -339,15 +337,11 @@ def load_efficientnet_lite0() -> nn.Module:
     src_items = [(k, v) for k, v in src.items() if not k.endswith("num_batches_tracked")]
     dst_keys = [k for k in dst if not k.endswith("num_batches_tracked")]
     if len(src_items) != len(dst_keys):
-        raise RuntimeError(
-            f"EfficientNet-Lite0 weights: {len(src_items)} tensors, timm expects {len(dst_keys)}"
-        )
+        raise RuntimeError(f"EfficientNet-Lite0 weights: {len(src_items)} tensors, timm expects {len(dst_keys)}")
     mapped = {}
     for (sk, sv), dk in zip(src_items, dst_keys, strict=True):
         if tuple(sv.shape) != tuple(dst[dk].shape):
-            raise RuntimeError(
-                f"shape mismatch mapping {sk} {tuple(sv.shape)} onto {dk} {tuple(dst[dk].shape)}"
-            )
+            raise RuntimeError(f"shape mismatch mapping {sk} {tuple(sv.shape)} onto {dk} {tuple(dst[dk].shape)}")
         mapped[dk] = sv.float()
     model.load_state_dict(mapped, strict=False)
     return model.eval()
@@ -389,6 +383,36 @@ def backbone_features(model: nn.Module, images: np.ndarray, size: int, batch: in
     return torch.cat(feats).numpy()
 
 
+def _fashion_probe(model: nn.Module, probe_train: int, probe_test: int, probe_size: int, seed: int) -> Evaluator:
+    """Linear probe, fitted once on the fp32 backbone: a multinomial logistic regression on standardised
+    features of ``probe_train`` Fashion-MNIST training images (balanced, seeded), scored on the first
+    ``probe_test`` test images at ``probe_size`` pixels."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    cache = CACHE / f"effnet_probe_n{probe_train}_s{probe_size}_seed{seed}.npz"
+    xtr, ytr = fashion_mnist("train")
+    xte, yte = fashion_mnist("test")
+    xte, yte = xte[:probe_test], yte[:probe_test]
+    rng = np.random.default_rng(seed)
+    per_class = probe_train // 10
+    train_idx = np.concatenate([rng.choice(np.flatnonzero(ytr == c), per_class, replace=False) for c in range(10)])
+    if cache.exists():
+        feats_tr = np.load(cache)["features"]
+    else:
+        feats_tr = backbone_features(model, xtr[train_idx], probe_size)
+        CACHE.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, features=feats_tr)
+    scaler = StandardScaler().fit(feats_tr)
+    head = LogisticRegression(max_iter=300, C=0.5).fit(scaler.transform(feats_tr), ytr[train_idx])
+
+    def evaluate_probe(candidate: nn.Module) -> dict:
+        feats = backbone_features(candidate, xte, probe_size)
+        return {"probe_accuracy": float((head.predict(scaler.transform(feats)) == yte).mean())}
+
+    return evaluate_probe
+
+
 def efficientnet_lite0(
     calibration_crops: int = 256,
     eval_crops: int = 500,
@@ -397,14 +421,11 @@ def efficientnet_lite0(
     probe_test: int = 10000,
     probe_size: int = 96,
     seed: int = 0,
+    probe: bool = True,
 ) -> Subject:
     """EfficientNet-Lite0 with ImageNet weights. Photos are split by image (alternating, after a seeded
-    shuffle): calibration crops from one half, evaluation crops from the other. The Fashion-MNIST probe's
-    head is a multinomial logistic regression on standardised fp32 features of ``probe_train`` training
-    images (balanced, seeded), scored on the first ``probe_test`` test images at ``probe_size`` pixels."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
+    shuffle): calibration crops from one half, evaluation crops from the other. ``probe=False`` leaves out
+    the Fashion-MNIST panel (`_fashion_probe`), e.g. where that dataset is not installed."""
     model = load_efficientnet_lite0()
     photos = natural_photos()
     order = np.random.default_rng(seed).permutation(len(photos))
@@ -422,43 +443,25 @@ def efficientnet_lite0(
         kl = float((reference_logp.exp() * (reference_logp - logp)).sum(1).mean())
         return {"agreement": float((logits.argmax(1) == reference_top1).float().mean()), "kl": kl}
 
-    # Linear probe: fitted once on the fp32 backbone.
-    cache = CACHE / f"effnet_probe_n{probe_train}_s{probe_size}_seed{seed}.npz"
-    xtr, ytr = fashion_mnist("train")
-    xte, yte = fashion_mnist("test")
-    xte, yte = xte[:probe_test], yte[:probe_test]
-    rng = np.random.default_rng(seed)
-    per_class = probe_train // 10
-    train_idx = np.concatenate(
-        [rng.choice(np.flatnonzero(ytr == c), per_class, replace=False) for c in range(10)]
-    )
-    if cache.exists():
-        feats_tr = np.load(cache)["features"]
-    else:
-        feats_tr = backbone_features(model, xtr[train_idx], probe_size)
-        CACHE.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, features=feats_tr)
-    scaler = StandardScaler().fit(feats_tr)
-    head = LogisticRegression(max_iter=300, C=0.5).fit(scaler.transform(feats_tr), ytr[train_idx])
-
-    def evaluate_probe(candidate: nn.Module) -> dict:
-        feats = backbone_features(candidate, xte, probe_size)
-        return {"probe_accuracy": float((head.predict(scaler.transform(feats)) == yte).mean())}
-
+    evaluations = {"efficientnet_lite0 (natural crops)": (evaluate_agreement, "agreement")}
+    if probe:
+        panel = _fashion_probe(model, probe_train, probe_test, probe_size, seed)
+        evaluations["efficientnet_lite0 (Fashion-MNIST probe)"] = (panel, "probe_accuracy")
     return Subject(
         name="efficientnet_lite0",
         model=model,
         calibration=calibration,
-        evaluations={
-            "efficientnet_lite0 (natural crops)": (evaluate_agreement, "agreement"),
-            "efficientnet_lite0 (Fashion-MNIST probe)": (evaluate_probe, "probe_accuracy"),
-        },
+        evaluations=evaluations,
         description=(
             f"EfficientNet-Lite0, ImageNet weights; {calibration_crops} calibration crops of "
             f"{len(calib_photos)} photos, {eval_crops} evaluation crops of {len(eval_photos)} other photos "
-            f"at {crop_size} px (top-1 agreement and KL vs fp32); Fashion-MNIST probe: logistic "
-            f"regression on fp32 backbone features of {len(train_idx)} training images, accuracy on "
-            f"{len(xte)} test images, upsampled to {probe_size} px"
+            f"at {crop_size} px (top-1 agreement and KL vs fp32)"
+            + (
+                f"; Fashion-MNIST probe: logistic regression on fp32 backbone features of {probe_train} "
+                f"training images, accuracy on {probe_test} test images, upsampled to {probe_size} px"
+                if probe
+                else ""
+            )
         ),
         notes={
             "calibration_photos": [n for n, _ in calib_photos],

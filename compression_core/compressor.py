@@ -30,6 +30,7 @@ from compression_core.model_io import (
 from compression_core.progress import CancelCheck, ProgressCallback
 from compression_core.recon.allocation import initial_bits, sensitivity_steps
 from compression_core.recon.batchnorm import has_batchnorm, recalibrate_batchnorm
+from compression_core.recon.blockwise import BlockSettings, find_blocks, reconstruct
 from compression_core.recon.bn_statistics import (
     ESTIMATED_BYTES_PER_VALUE,
     code_statistics,
@@ -182,6 +183,9 @@ def compress(
         candidates=1 + int(config.rounding == "gptq") + int(iterations > 0),
         batchnorm_samples=batchnorm_samples if with_batchnorm else 0,
         holdout_samples=holdout_idx.numel(),
+        block_iters=config.block_iters,
+        blocks=len(find_blocks(work, [p.name for p in coded], config.block_modules)) if config.block_iters else 0,
+        optimize_samples=optimize_idx.numel(),
     )
     reporter = Reporter(iterations, progress, should_cancel)
     timeline.begin("probe")
@@ -299,16 +303,28 @@ def compress(
             on_batch=lambda done: reporter.emit("gptq", 0, timeline.fraction(done)),
         )
     with_phases = bool(state.names and iterations)
+    with_blocks = bool(state.names and config.block_iters)
+    unrounded = copy.deepcopy(state.state_dict())
     if rounder is not None:
         # fraction(1.0): the stage before is over (its estimate no longer counts), the landing not begun.
         reporter.emit("gptq", 0, timeline.fraction(1.0), message="second-order rounding of the initial allocation")
-        unrounded = copy.deepcopy(state.state_dict())
-        rounded_start = land("land_gptq", "gptq", rounder)
-        if with_phases:  # what the shorter preset writes stays a candidate; the phases begin at the start
-            candidates["gptq"] = rounded_start
-            state.load_state_dict(unrounded)
-        else:
-            candidates["optimized"] = rounded_start
+        # What the shorter preset writes stays a candidate under its own name when a later stage follows.
+        later = with_phases or with_blocks
+        candidates["gptq" if later else "optimized"] = land("land_gptq", "gptq", rounder)
+    if with_blocks:  # from the rounded start's codes and grids
+        timeline.begin("blocks")
+        reporter.emit("blocks", 0, timeline.fraction(), message="block-wise reconstruction of the codes")
+        blockwise_note = reconstruct(
+            work,
+            state,
+            optimize_inputs,
+            _block_settings(config),
+            device,
+            on_block=lambda done, total, _note: reporter.emit("blocks", 0, timeline.fraction(done / total)),
+        )
+        candidates["blocks" if with_phases else "optimized"] = land("land_blocks", "finalize")
+    if with_phases:  # the gradient phases begin at the start
+        state.load_state_dict(unrounded)
     if with_phases:
         timeline.begin("schedule")
         run_schedule(
@@ -359,6 +375,8 @@ def compress(
     evaluation["batchnorm_recalibration"] = bn_note
     evaluation["ratio_controller_log_alpha"] = log_alpha
     evaluation["selection"] = selection
+    if with_blocks:
+        evaluation["blockwise"] = blockwise_note
     timeline.finish()
     evaluation["stages"] = timeline.report()
 
@@ -406,6 +424,19 @@ def _select_best(model, original_sd, candidates, train_inputs, select_idx, confi
         **{f"{label}_distance": value for label, value in distances.items()},
         "samples": int(select_idx.numel()),
     }
+
+
+def _block_settings(config: CompressionConfig) -> BlockSettings:
+    return BlockSettings(
+        iterations=config.block_iters,
+        lr=config.block_lr,
+        input_mix=config.block_input_mix,
+        batch_size=config.batch_size,
+        cache_bytes=config.block_cache_mb * 2**20,
+        patterns=config.block_modules,
+        seed=config.seed,
+        rate_weight=config.rate_weight,
+    )
 
 
 def _seconds_per_sample(model, inputs: Inputs, config: CompressionConfig, device) -> float:

@@ -35,6 +35,11 @@ class CompressionConfig:
     ``rounding``: ``gptq`` (second-order rounding of the codes under the learned grids, `recon/gptq.py`, on
     ``gptq_samples`` samples) or ``nearest``; ``gptq_damping``: λ of H + λ·mean(diag H)·I (larger trusts
     the calibration inputs less).
+    ``block_iters`` > 0 reconstructs the codes block by block after the rounding (`recon/blockwise.py`):
+    that many steps per block at ``block_lr`` (in levels per step, cosine-decayed) against the block's
+    teacher output, on QDrop's input mix (``block_input_mix``: each input element the teacher's with this
+    probability, else the compressed network's); ``block_modules`` (fnmatch patterns of module names)
+    replaces the automatic blocks; activations beyond ``block_cache_mb`` MiB go to a temporary file.
     ``holdout_fraction`` of the calibration samples is never used for optimization, only to report accuracy.
     ``output_keys``: which named outputs (dict / ModelOutput entries, e.g. ``("last_hidden_state",)``) the
     distillation distance compares; empty means every floating-point output. Token outputs count only real
@@ -58,6 +63,11 @@ class CompressionConfig:
     rounding: str = "gptq"
     gptq_samples: int = 128
     gptq_damping: float = 0.1
+    block_iters: int = 0
+    block_lr: float = 0.01
+    block_input_mix: float = 0.5
+    block_modules: tuple[str, ...] = ()
+    block_cache_mb: int = 2048
     sensitivity_batches: int = 16
     feature_modules: tuple[str, ...] = ()
     feature_weight: float = 1.0
@@ -97,6 +107,10 @@ class CompressionConfig:
         need(self.rounding in ROUNDINGS, "rounding", f"one of {ROUNDINGS}")
         need(self.gptq_samples >= 1, "gptq_samples", "must be ≥ 1")
         need(self.gptq_damping > 0, "gptq_damping", "must be > 0")
+        need(self.block_iters >= 0, "block_iters", "must be ≥ 0 (0: no block-wise reconstruction)")
+        need(self.block_lr > 0, "block_lr", "must be > 0 (levels per step)")
+        need(0.0 <= self.block_input_mix <= 1.0, "block_input_mix", "must be in [0, 1]")
+        need(self.block_cache_mb >= 0, "block_cache_mb", "must be ≥ 0 (0 keeps every activation on disk)")
         need(self.bn_statistics_precision >= 0, "bn_statistics_precision", "must be ≥ 0 (0 stores them as fp32)")
         need(self.sensitivity_batches >= 1, "sensitivity_batches", "must be ≥ 1")
         need(0.0 <= self.holdout_fraction < 1.0, "holdout_fraction", "must be in [0, 1)")
@@ -132,8 +146,9 @@ class CompressionConfig:
             items = fixed["transform_overrides"]
             items = items.items() if isinstance(items, dict) else items
             fixed["transform_overrides"] = tuple((str(p), str(k)) for p, k in items)
-        if "feature_modules" in fixed:
-            fixed["feature_modules"] = tuple(fixed["feature_modules"])
+        for key in ("feature_modules", "block_modules"):
+            if key in fixed:
+                fixed[key] = (fixed[key],) if isinstance(fixed[key], str) else tuple(fixed[key])
         if "output_keys" in fixed:
             keys = fixed["output_keys"]
             fixed["output_keys"] = (keys,) if isinstance(keys, str) else tuple(keys)

@@ -115,12 +115,17 @@ def plan_compression(
     candidates: int,
     batchnorm_samples: int,
     holdout_samples: int,
+    block_iters: int = 0,
+    blocks: int = 0,
+    optimize_samples: int = 0,
     clock: Callable[[], float] = time.monotonic,
 ) -> Timeline:
     """The stages `compress` runs, with zero estimates until the first unit costs are measured (`revise`)."""
     stages = ["probe", "land_start"]
     if gptq:
         stages += ["hessians", "land_gptq"]
+    if block_iters and blocks:
+        stages += ["blocks", "land_blocks"]
     if iterations:
         stages += ["schedule", "land_final"]
     stages += ["select", "batchnorm", "evaluate"]
@@ -133,6 +138,9 @@ def plan_compression(
         "batchnorm_samples": batchnorm_samples,
         "holdout_samples": holdout_samples,
         "gptq": gptq,
+        "block_iters": block_iters,
+        "blocks": blocks,
+        "optimize_samples": optimize_samples,
     }
     return Timeline(dict.fromkeys(stages, 0.0), clock, plan)
 
@@ -156,6 +164,11 @@ def revise(timeline: Timeline) -> None:
         land_start=builds * build,
         hessians=plan["gptq_samples"] * hessian_sample,
         land_gptq=gptq_landing,
+        # Every block's step costs its share of one network forward and backward; each block's inputs are
+        # captured twice (teacher, student) by passes that stop there, half the network on average.
+        blocks=plan["block_iters"] * 3.0 * plan["batch_size"] * sample
+        + plan["blocks"] * plan["optimize_samples"] * sample,
+        land_blocks=builds * build,
         schedule=plan["iterations"] * iteration,
         land_final=gptq_landing,
         select=plan["candidates"] * (plan["selection_samples"] * sample + build),
