@@ -60,6 +60,19 @@ class CompressionOptions(_Strict):
     gptq_samples: int | None = Field(None, ge=1, le=100_000, description="calibration samples GPTQ measures")
     gptq_damping: float | None = Field(None, gt=0, le=100, description="GPTQ's damping λ (H + λ·mean diag H)")
     sensitivity_batches: int | None = Field(None, ge=1, le=10_000, description="probe batches of the allocation")
+    block_iters: int | None = Field(
+        None, ge=0, le=1_000_000, description="block-wise reconstruction steps per block after the rounding; 0 = off"
+    )
+    block_lr: float | None = Field(None, gt=0, description="block-wise reconstruction: levels per step")
+    block_input_mix: float | None = Field(
+        None, ge=0, le=1, description="block-wise: share of each block's input taken from the original network"
+    )
+    block_modules: list[str] | None = Field(
+        None, description="block-wise: module-name patterns (fnmatch) that are the blocks; [] = found automatically"
+    )
+    block_cache_mb: int | None = Field(
+        None, ge=0, le=1_048_576, description="block-wise: MiB of activations held in memory; beyond, a temp file"
+    )
     feature_modules: list[str] | None = None
     feature_weight: float | None = Field(None, ge=0)
     bn_recalibration: bool | None = None

@@ -78,3 +78,26 @@ def test_measured_unit_costs_size_every_pending_stage():
     assert timeline.expected["hessians"] == pytest.approx(128 * 0.1)
     assert timeline.expected["select"] == pytest.approx(3 * (20 * 0.01 + 2.0))
     assert timeline.expected["batchnorm"] == pytest.approx(600 * 0.01)
+
+
+def test_block_wise_reconstruction_is_planned_between_the_rounding_and_the_schedule():
+    timeline = plan_compression(
+        iterations=0,
+        gptq=True,
+        batch_size=8,
+        gptq_samples=128,
+        selection_samples=20,
+        candidates=3,
+        batchnorm_samples=600,
+        holdout_samples=30,
+        block_iters=50,
+        blocks=20,
+        optimize_samples=200,
+        clock=Clock(),
+    )
+    assert timeline.order[:6] == ["probe", "land_start", "hessians", "land_gptq", "blocks", "land_blocks"]
+    timeline.begin("probe")
+    timeline.measure("sample", 0.01)
+    revise(timeline)
+    # 50 steps, each a forward and backward of the whole network over its blocks, plus the captures.
+    assert timeline.expected["blocks"] == pytest.approx(50 * 3 * 8 * 0.01 + 20 * 200 * 0.01)
