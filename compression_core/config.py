@@ -58,7 +58,7 @@ class CompressionConfig:
     transform_lr: float = 1e-3
     weight_lr: float = 1e-4
     rate_weight: float = 10.0
-    counter_samples: int = 0
+    counter_samples: int = 4096
     allocation: str = "sensitivity"
     rounding: str = "gptq"
     gptq_samples: int = 128

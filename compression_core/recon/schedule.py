@@ -52,9 +52,7 @@ class Reporter:
         message: str = "",
     ) -> None:
         if losses is not None:
-            self.history.append(
-                {"phase": phase, "iteration": iteration, **losses, "estimated_ratio": estimated_ratio}
-            )
+            self.history.append({"phase": phase, "iteration": iteration, **losses, "estimated_ratio": estimated_ratio})
         if self.progress is not None:
             self.progress(
                 ProgressEvent(
@@ -89,10 +87,7 @@ class Teacher:
             per_sample = sum(t.numel() for t in probe)
             if per_sample * num_samples(inputs) <= TEACHER_CACHE_ELEMENTS:
                 n = num_samples(inputs)
-                parts = [
-                    self._run(select(inputs, slice(i, min(n, i + batch_size))))
-                    for i in range(0, n, batch_size)
-                ]
+                parts = [self._run(select(inputs, slice(i, min(n, i + batch_size)))) for i in range(0, n, batch_size)]
                 self.cache = [torch.cat(chunks) for chunks in zip(*parts, strict=True)]
 
     @torch.no_grad()
@@ -133,6 +128,20 @@ def _as_args(batch: Inputs) -> tuple:
 
 def _as_kwargs(batch: Inputs) -> dict:
     return dict(batch) if isinstance(batch, dict) else {}
+
+
+def _stepped_finitely(optimizer: torch.optim.Optimizer) -> bool:
+    """Take the optimizer's step; if it leaves any parameter non-finite (a learning rate far too large), undo
+    it and say so, instead of letting NaN codes reach the entropy counter."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    before = [p.detach().clone() for p in params]
+    optimizer.step()
+    if all(bool(torch.isfinite(p).all()) for p in params):
+        return True
+    with torch.no_grad():
+        for p, value in zip(params, before, strict=True):
+            p.copy_(value)
+    return False
 
 
 def run_schedule(
@@ -177,7 +186,16 @@ def run_schedule(
                 loss = distortion + config.rate_weight * hinge
                 state.zero_grad(set_to_none=True)  # both groups: the idle one must not accumulate
                 loss.backward()
-                optimizer.step()
+                if not _stepped_finitely(optimizer):
+                    reporter.emit(
+                        phase,
+                        step,
+                        fraction_of(step / total),
+                        message=f"the {phase} phase diverged at its iteration {it + 1} (a parameter became "
+                        "non-finite; a lower learning rate avoids it): the last finite state is kept and the "
+                        "schedule stops here",
+                    )
+                    return
                 step += 1
                 if it % report_every == 0 or it == iters - 1:
                     losses = {

@@ -170,15 +170,14 @@ def test_dict_inputs_and_outputs_work_for_every_transform(kind, tmp_path):
 
 
 def test_learned_weights_are_written_only_when_they_beat_the_start_on_unseen_samples(digits):
-    """A wrecking schedule (huge transform learning rate) must fall back to the start, bit for bit; GPTQ
+    """A wrecking schedule (huge weight learning rate) must fall back to the start, bit for bit; GPTQ
     rounding, which does help, is kept. Both distances are reported."""
     model, split = digits
     calibration = split.train_x[:300]
     start_only = compress(model, calibration, 12.0, config=CompressionConfig(rounds=0, rounding="nearest"))
     wrecked = compress(
         model, calibration, 12.0,
-        config=CompressionConfig(rounds=1, transform_iters=15, weight_iters=0, transform_lr=3.0,
-                                 rounding="nearest"),
+        config=CompressionConfig(rounds=1, transform_iters=0, weight_iters=10, weight_lr=5.0, rounding="nearest"),
     )
     chosen = wrecked.evaluation["selection"]
     assert chosen["kept"] == "start" and chosen["optimized_distance"] >= chosen["start_distance"]
@@ -188,6 +187,22 @@ def test_learned_weights_are_written_only_when_they_beat_the_start_on_unseen_sam
     rounded = compress(model, calibration, 12.0, config=CompressionConfig(rounds=0, rounding="gptq"))
     chosen = rounded.evaluation["selection"]
     assert chosen["kept"] == "optimized" and chosen["optimized_distance"] < chosen["start_distance"]
+
+
+def test_a_diverging_schedule_stops_at_its_last_finite_state_and_says_so(digits):
+    """A transform learning rate far too large drives the steps to infinity within a few iterations: the run
+    must not crash on NaN codes; the schedule stops, the event says why, and a finite file is written."""
+    model, split = digits
+    events = []
+    result = compress(
+        model,
+        split.train_x[:300],
+        12.0,
+        config=CompressionConfig(rounds=1, transform_iters=15, weight_iters=0, transform_lr=30.0, rounding="nearest"),
+        progress=events.append,
+    )
+    assert any("transform phase diverged" in e.message for e in events)
+    assert all(torch.isfinite(v).all() for v in result.state_dict.values() if v.is_floating_point())
 
 
 def test_a_longer_schedule_keeps_the_shorter_presets_result_as_a_candidate(digits):

@@ -55,8 +55,9 @@ def test_finished_stages_report_their_seconds_and_their_estimate():
     assert timeline.fraction() == pytest.approx(0.995)
 
 
-def test_measured_unit_costs_size_every_pending_stage():
-    timeline = plan_compression(
+def _plan(**changes):
+    """The stages of a run of 100 schedule iterations with GPTQ, with ``changes`` to that."""
+    settings = dict(
         iterations=100,
         gptq=True,
         batch_size=8,
@@ -65,8 +66,12 @@ def test_measured_unit_costs_size_every_pending_stage():
         candidates=3,
         batchnorm_samples=600,
         holdout_samples=30,
-        clock=Clock(),
     )
+    return plan_compression(**{**settings, **changes}, clock=Clock())
+
+
+def test_measured_unit_costs_size_every_pending_stage():
+    timeline = _plan()
     timeline.begin("probe")
     units = {"sample": 0.01, "hessian_sample": 0.1, "build": 2.0, "builds": 6, "round": 5.0}
     for unit, seconds in units.items():
@@ -81,20 +86,7 @@ def test_measured_unit_costs_size_every_pending_stage():
 
 
 def test_block_wise_reconstruction_is_planned_between_the_rounding_and_the_schedule():
-    timeline = plan_compression(
-        iterations=0,
-        gptq=True,
-        batch_size=8,
-        gptq_samples=128,
-        selection_samples=20,
-        candidates=3,
-        batchnorm_samples=600,
-        holdout_samples=30,
-        block_iters=50,
-        blocks=20,
-        optimize_samples=200,
-        clock=Clock(),
-    )
+    timeline = _plan(iterations=0, block_iters=50, blocks=20, optimize_samples=200)
     assert timeline.order[:6] == ["probe", "land_start", "hessians", "land_gptq", "blocks", "land_blocks"]
     timeline.begin("probe")
     timeline.measure("sample", 0.01)
