@@ -18,6 +18,7 @@ little and the ratio controller lands the exact size afterwards as everywhere el
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import math
 import tempfile
@@ -112,7 +113,9 @@ class Captured:
     outputs: list[torch.Tensor] = field(default_factory=list)
 
     def batch(self, index: torch.Tensor, device: torch.device) -> tuple[list, dict]:
-        pick = lambda v: v[index].to(device) if isinstance(v, _Stacked) else v  # noqa: E731
+        def pick(value):
+            return value[index].to(device) if isinstance(value, _Stacked) else value
+
         return [pick(a) for a in self.args], {k: pick(v) for k, v in self.kwargs.items()}
 
     def targets(self, index: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
@@ -236,13 +239,6 @@ def _rows(args, kwargs) -> int:
     return -1
 
 
-def _rows(args, kwargs) -> int:
-    for v in [*args, *kwargs.values()]:
-        if isinstance(v, torch.Tensor) and v.dim() > 0:
-            return int(v.shape[0])
-    return -1
-
-
 @dataclass
 class BlockSettings:
     """What `reconstruct` needs of the run's configuration."""
@@ -328,6 +324,35 @@ def _judge(block, local, state, indices, codes, teacher: Captured, student: Capt
     return total / max(1, n)
 
 
+def _optimize_block(
+    block, local, state, indices, codes, teacher: Captured, fed: Captured, settings, device, generator
+) -> None:
+    """Move the block's ``codes`` (in place) to minimise its loss on QDrop's input mix, plus the rate hinge
+    against the block's starting bits (the file must not grow: a landing that rescales undoes the rounding)."""
+    trainable = [c for c in codes if c.requires_grad]
+    if not (trainable and settings.iterations):
+        return
+    with torch.no_grad():
+        start_bits = sum(float(state.rate_of(i, c)) for i, c in zip(indices, codes, strict=True))
+    n = teacher.outputs[0].filled
+    optimizer = torch.optim.Adam(trainable, lr=settings.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.iterations)
+    for _ in range(settings.iterations):
+        index = torch.randint(0, n, (min(settings.batch_size, n),), generator=generator)
+        t_args, kwargs = teacher.batch(index, device)
+        s_args, _ = fed.batch(index, device)
+        args = _mix(t_args, s_args, settings.input_mix, generator)
+        out = _run_block(block, local, _quantized(state, indices, codes), args, kwargs)
+        loss = _block_loss(out, teacher.targets(index, device))
+        if settings.rate_weight and start_bits > 0:
+            bits = sum(state.rate_of(i, c) for i, c in zip(indices, codes, strict=True))
+            loss = loss + settings.rate_weight * torch.relu(bits - start_bits) / start_bits
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+
+
 def reconstruct(
     model: nn.Module,
     state: QuantizedState,
@@ -348,7 +373,6 @@ def reconstruct(
     grids = [p.requires_grad for p in state.transform_parameters()]
     state.transforms.requires_grad_(False)  # the grids stay as landed
     generator = torch.Generator().manual_seed(settings.seed + 104729)
-    n = num_samples(inputs)
     notes: list[dict] = []
     try:
         for done, block in enumerate(blocks):
@@ -357,7 +381,7 @@ def reconstruct(
             teacher = capture(model, block.module, inputs, settings.batch_size, device, store, with_outputs=True)
             fed = capture(
                 student,
-                _same_module(student, block.name),
+                student.get_submodule(block.name),
                 inputs,
                 settings.batch_size,
                 device,
@@ -370,26 +394,7 @@ def reconstruct(
                 for i, c in zip(indices, start_codes, strict=True)
             ]
             before = _judge(block, local, state, indices, codes, teacher, fed, device, settings.batch_size)
-            with torch.no_grad():
-                start_bits = sum(float(state.rate_of(i, c)) for i, c in zip(indices, start_codes, strict=True))
-            trainable = [c for c in codes if c.requires_grad]
-            if trainable and settings.iterations:
-                optimizer = torch.optim.Adam(trainable, lr=settings.lr)
-                schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.iterations)
-                for _ in range(settings.iterations):
-                    index = torch.randint(0, n, (min(settings.batch_size, n),), generator=generator)
-                    t_args, kwargs = teacher.batch(index, device)
-                    s_args, _ = fed.batch(index, device)
-                    args = _mix(t_args, s_args, settings.input_mix, generator)
-                    out = _run_block(block, local, _quantized(state, indices, codes), args, kwargs)
-                    loss = _block_loss(out, teacher.targets(index, device))
-                    if settings.rate_weight and start_bits > 0:
-                        bits = sum(state.rate_of(i, c) for i, c in zip(indices, codes, strict=True))
-                        loss = loss + settings.rate_weight * torch.relu(bits - start_bits) / start_bits
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    schedule.step()
+            _optimize_block(block, local, state, indices, codes, teacher, fed, settings, device, generator)
             after = _judge(block, local, state, indices, codes, teacher, fed, device, settings.batch_size)
             kept = after < before
             final = [c.detach().round() for c in codes] if kept else start_codes
@@ -423,14 +428,8 @@ def reconstruct(
 
 def _student_model(model: nn.Module, state: QuantizedState) -> nn.Module:
     """A copy of ``model`` carrying the state's current quantized weights (what earlier blocks feed later)."""
-    import copy
-
     student = copy.deepcopy(model)
     with torch.no_grad():
         for name, w, t in state.items():
             student.get_parameter(name).copy_(t.inverse(torch.round(t.codes(w)), w))
     return student
-
-
-def _same_module(model: nn.Module, name: str) -> nn.Module:
-    return model.get_submodule(name)
