@@ -1,5 +1,6 @@
 """Presets on a GPU: wall time and quality of `paper` (the reference schedule) and the CPU presets.
 
+    bash bench/prepare_gpu.sh      # here: wheels and photos the GPU machine cannot download (see there)
     python bench/bench_gpu.py --device cuda --out OUT [--runs efficientnet_lite0:paper:8 resnet18:paper:8 …]
 
 Each run is ``MODEL:PRESET:TARGET``. EfficientNet-Lite0 carries its ImageNet weights and is scored on the
