@@ -47,33 +47,41 @@ def _bins_for(centre: torch.Tensor, delta: float) -> Bins:
 
 
 class _SoftHistogram(torch.autograd.Function):
-    """counts[b] = Σ_j K((b + ½ − m_j)/δ) − K((b − ½ − m_j)/δ), differentiable in m, O(n + levels) memory.
+    """counts[b] = Σ_j K((b + ½ − m_j)/δ_j) − K((b − ½ − m_j)/δ_j), differentiable in m, O(n + levels) memory.
 
-    Also returns (not differentiable) the kernel density at each bin's upper edge, dens[b] = Σ_j k(·)/δ,
+    Also returns (not differentiable) the kernel density at each bin's upper edge, dens[b] = Σ_j k(·)/δ_j,
     which the query path of the STE needs. Adjacent bins share an edge, so each offset evaluates the kernel
-    once. Nothing of size n·(2δ+1) is kept: the backward pass recomputes the kernel terms.
+    once. Nothing of size n·(2δ+1) is kept: the backward pass recomputes the kernel terms. ``index`` is each
+    sample's bin (of its ⌊m⌉), ``inv`` its 1/δ (a number, or one per sample when tensors of different widths
+    share one histogram), ``reach`` the most bins on either side any kernel touches.
     """
 
     @staticmethod
-    def forward(ctx, m: torch.Tensor, centre: torch.Tensor, delta: float, lo: int, count: int,
-                kernel_name: str):
+    def forward(ctx, m, centre, index, inv, reach: int, count: int, kernel_name: str):
         counts = torch.zeros(count, dtype=m.dtype, device=m.device)
         dens = torch.zeros(count, dtype=m.dtype, device=m.device)
         for part in _chunks(m.numel()):
-            _scatter_chunk(m[part], centre[part], delta, lo, kernel_name, counts, dens)
-        ctx.save_for_backward(m, centre)
-        ctx.params = (delta, lo, count, kernel_name)
+            _scatter_chunk(m[part], centre[part], index[part], _part(inv, part), reach, kernel_name, counts, dens)
+        ctx.save_for_backward(m, centre, index, *([inv] if isinstance(inv, torch.Tensor) else []))
+        ctx.params = (inv if not isinstance(inv, torch.Tensor) else None, reach, kernel_name)
         ctx.mark_non_differentiable(dens)
         return counts, dens
 
     @staticmethod
     def backward(ctx, grad_counts: torch.Tensor, _grad_dens):
-        m, centre = ctx.saved_tensors
-        delta, lo, _, kernel_name = ctx.params
+        m, centre, index, *per_sample = ctx.saved_tensors
+        scalar_inv, reach, kernel_name = ctx.params
+        inv = per_sample[0] if per_sample else scalar_inv
         grad_m = torch.empty_like(m)
         for part in _chunks(m.numel()):
-            grad_m[part] = _gather_chunk(m[part], centre[part], delta, lo, kernel_name, grad_counts)
-        return grad_m, None, None, None, None, None
+            grad_m[part] = _gather_chunk(
+                m[part], centre[part], index[part], _part(inv, part), reach, kernel_name, grad_counts
+            )
+        return grad_m, None, None, None, None, None, None
+
+
+def _part(inv, part: slice):
+    return inv[part] if isinstance(inv, torch.Tensor) else inv
 
 
 def _chunks(n: int) -> list[slice]:
@@ -83,12 +91,9 @@ def _chunks(n: int) -> list[slice]:
     return [slice(a, min(n, a + _CHUNK)) for a in range(0, n, _CHUNK)]
 
 
-def _scatter_chunk(m, centre, delta, lo, kernel_name, counts, dens) -> None:
+def _scatter_chunk(m, centre, index, inv, reach, kernel_name, counts, dens) -> None:
     cdf, pdf = kernel(kernel_name)
-    inv = 1.0 / delta
-    index = centre.long() - lo  # exact for any integer code, unlike float32 subtraction
     shift = (centre - m) * inv  # position of ⌊m⌉ relative to m, in units of δ
-    reach = _reach(delta)
     prev = cdf(shift + (-reach - 0.5) * inv)
     for o in range(-reach, reach + 1):
         t_upper = shift + (o + 0.5) * inv
@@ -99,12 +104,9 @@ def _scatter_chunk(m, centre, delta, lo, kernel_name, counts, dens) -> None:
         prev = upper
 
 
-def _gather_chunk(m, centre, delta, lo, kernel_name, grad_counts) -> torch.Tensor:
+def _gather_chunk(m, centre, index, inv, reach, kernel_name, grad_counts) -> torch.Tensor:
     _, pdf = kernel(kernel_name)
-    inv = 1.0 / delta
-    index = centre.long() - lo
     shift = (centre - m) * inv
-    reach = _reach(delta)
     grad = torch.zeros_like(m)
     prev = pdf(shift + (-reach - 0.5) * inv)
     for o in range(-reach, reach + 1):
@@ -119,7 +121,8 @@ def soft_counts(m: torch.Tensor, delta: float, bins: Bins | None = None, kernel_
     """(kernel-smoothed count per integer level, density at each level's upper edge); counts sum to n."""
     centre = torch.round(m.detach())
     bins = bins or _bins_for(centre, delta)
-    return _SoftHistogram.apply(m, centre, delta, bins.lo, bins.count, kernel_name)
+    index = centre.long() - bins.lo  # exact for any integer code, unlike float32 subtraction
+    return _SoftHistogram.apply(m, centre, index, 1.0 / delta, _reach(delta), bins.count, kernel_name)
 
 
 def relaxation_width(m: torch.Tensor, resolution: float) -> float:
@@ -129,8 +132,9 @@ def relaxation_width(m: torch.Tensor, resolution: float) -> float:
     return float((m.max() - m.min()).detach()) / resolution
 
 
-def entropy_bits(m: torch.Tensor, kernel_name: str = "cosine", resolution: float = 64.0,
-                 delta: float | None = None) -> torch.Tensor:
+def entropy_bits(
+    m: torch.Tensor, kernel_name: str = "cosine", resolution: float = 64.0, delta: float | None = None
+) -> torch.Tensor:
     """Differentiable S = −Σ_i log2 P(⌊m_i⌉) in bits for the whole tensor (not per element).
 
     ``m`` are the continuous codes T(w) (any shape); ``delta`` overrides the width from ``resolution``. The
@@ -150,12 +154,52 @@ def entropy_bits(m: torch.Tensor, kernel_name: str = "cosine", resolution: float
         return -(hard.to(m.dtype) * torch.log2(p)).sum() + (m - m.detach()).sum() * 0.0
     bins = _bins_for(symbols, delta)
     index = symbols.long() - bins.lo
-    hard = torch.bincount(index, minlength=bins.count).to(m.dtype)
-    counts, dens = _SoftHistogram.apply(m, symbols, delta, bins.lo, bins.count, kernel_name)
-    prob = (counts / n).clamp_min(_MIN_P)
-    sample_path = -(hard * torch.log2(prob)).sum()
+    counts, dens = _SoftHistogram.apply(m, symbols, index, 1.0 / delta, _reach(delta), bins.count, kernel_name)
+    return _bits(m, index, counts, dens, torch.full_like(counts, float(n)), torch.ones_like(counts))
+
+
+def _bits(m, index, counts, dens, size, weight) -> torch.Tensor:
+    """S from a soft histogram: per bin, ``size`` is the n of the tensor the bin belongs to and ``weight``
+    what that tensor's bits count for (1, or its size over the codes judged)."""
+    hard = torch.bincount(index, minlength=counts.numel()).to(m.dtype)
+    prob = (counts / size).clamp_min(_MIN_P)
+    sample_path = -(weight * hard * torch.log2(prob)).sum()
     # Query path through the STE: dS/dx_i = −P'(x_i) / (P(x_i) ln 2), P' from the edge densities.
-    slope = (dens - torch.cat([dens.new_zeros(1), dens[:-1]])) / n
-    per_level = -slope / (prob.detach() * _LN2)
+    slope = (dens - torch.cat([dens.new_zeros(1), dens[:-1]])) / size
+    per_level = -weight * slope / (prob.detach() * _LN2)
     query_path = (per_level[index] * (m - m.detach())).sum()
     return sample_path + query_path
+
+
+def entropy_bits_many(
+    codes: list[torch.Tensor], weights: list[float], kernel_name: str = "cosine", resolution: float = 64.0
+) -> torch.Tensor:
+    """Σ_t weights[t] · `entropy_bits`(codes[t]) in one soft histogram: each tensor's levels get a segment of
+    their own (kernels never reach the next segment), its own width δ_t and its own n. Equal to the per-tensor
+    sum in value and gradient; it saves the per-call overhead that dominates when the tensors are small (the
+    counter judging a few thousand codes of each). Tensors with δ ≈ 0 are counted alone (hard histogram)."""
+    total = codes[0].new_zeros(()) if codes else torch.zeros(())
+    entries = []
+    for m, weight in zip(codes, weights, strict=True):
+        m = m.reshape(-1)
+        delta = relaxation_width(m, resolution)
+        if m.numel() == 0 or delta < 1e-6:
+            total = total + weight * entropy_bits(m, kernel_name, resolution)
+            continue
+        centre = torch.round(m.detach())
+        entries.append((m, centre, _bins_for(centre, delta), delta, float(weight)))
+    if not entries:
+        return total
+    # Each tensor's bins are padded by the widest reach on both sides: no kernel spills into another's.
+    reach = max(_reach(delta) for *_, delta, _ in entries)
+    index, inv, size, weight, cursor = [], [], [], [], 0
+    for m, centre, bins, delta, w in entries:
+        index.append(centre.long() - bins.lo + cursor + reach)
+        inv.append(m.detach().new_full((m.numel(),), 1.0 / delta))
+        span = bins.count + 2 * reach
+        size.append(m.detach().new_full((span,), float(m.numel())))
+        weight.append(m.detach().new_full((span,), w))
+        cursor += span
+    m, centre, index = torch.cat([e[0] for e in entries]), torch.cat([e[1] for e in entries]), torch.cat(index)
+    counts, dens = _SoftHistogram.apply(m, centre, index, torch.cat(inv), reach, cursor, kernel_name)
+    return total + _bits(m, index, counts, dens, torch.cat(size), torch.cat(weight))

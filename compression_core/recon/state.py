@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from compression_core.config import CompressionConfig
-from compression_core.entropy import entropy_bits
+from compression_core.entropy import entropy_bits, entropy_bits_many
 from compression_core.transforms import TensorPlan, Transform, make_transform, round_ste
 
 
@@ -56,15 +56,20 @@ class QuantizedState(nn.Module):
 
     def quantized_and_rate(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """ŵ = T⁻¹(⌊T(w)⌉) for every coded tensor and the differentiable total entropy S in bits, sharing
-        one evaluation of T(w) per tensor. With ``config.counter_samples`` > 0, a larger tensor's S is its
-        entropy per code over that many codes (a fixed random subset), times its size."""
+        one evaluation of T(w) per tensor and one soft histogram for all of them. With
+        ``config.counter_samples`` > 0, a larger tensor's S is its entropy per code over that many codes (a
+        fixed random subset), times its size."""
         quantized: dict[str, torch.Tensor] = {}
-        rate = self.latents[0].new_zeros(()) if len(self.latents) else torch.zeros(())
+        judged, weights = [], []
         for i, (name, w, t) in enumerate(self.items()):
             codes = t.codes(w)
             quantized[name] = t.inverse(round_ste(codes), w)
-            rate = rate + self.rate_of(i, codes)
-        return quantized, rate
+            subset = self._counter_subset(i, codes.numel())
+            judged.append(codes.reshape(-1) if subset is None else codes.reshape(-1)[subset])
+            weights.append(1.0 if subset is None else codes.numel() / subset.numel())
+        if not judged:
+            return quantized, torch.zeros(())
+        return quantized, entropy_bits_many(judged, weights, self.config.kernel, self.config.resolution)
 
     def rate_of(self, index: int, codes: torch.Tensor) -> torch.Tensor:
         """Differentiable bits of coded tensor ``index`` given its continuous codes T(w)."""
