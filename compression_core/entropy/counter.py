@@ -188,10 +188,16 @@ def entropy_bits_many(
             continue
         centre = torch.round(m.detach())
         entries.append((m, centre, _bins_for(centre, delta), delta, float(weight)))
-    if not entries:
-        return total
-    # Each tensor's bins are padded by the widest reach on both sides: no kernel spills into another's.
-    reach = max(_reach(delta) for *_, delta, _ in entries)
+    # One histogram per kernel reach: a sample costs 2·reach + 1 kernel evaluations, so tensors of narrow
+    # kernels are not made to pay for the widest one.
+    for group in sorted({_reach(e[3]) for e in entries}):
+        total = total + _histogram_bits([e for e in entries if _reach(e[3]) == group], group, kernel_name)
+    return total
+
+
+def _histogram_bits(entries, reach: int, kernel_name: str) -> torch.Tensor:
+    """Weighted bits of ``entries`` (codes, their ⌊·⌉, bins, δ, weight) from one soft histogram; each tensor's
+    bins are padded by ``reach`` on both sides, so no kernel spills into another tensor's bins."""
     index, inv, size, weight, cursor = [], [], [], [], 0
     for m, centre, bins, delta, w in entries:
         index.append(centre.long() - bins.lo + cursor + reach)
@@ -202,4 +208,4 @@ def entropy_bits_many(
         cursor += span
     m, centre, index = torch.cat([e[0] for e in entries]), torch.cat([e[1] for e in entries]), torch.cat(index)
     counts, dens = _SoftHistogram.apply(m, centre, index, torch.cat(inv), reach, cursor, kernel_name)
-    return total + _bits(m, index, counts, dens, torch.cat(size), torch.cat(weight))
+    return _bits(m, index, counts, dens, torch.cat(size), torch.cat(weight))
