@@ -33,7 +33,7 @@ from compression_core.config import CompressionConfig  # noqa: E402
 from compression_core.recon.allocation import initial_bits  # noqa: E402
 from compression_core.recon.losses import distillation_distance  # noqa: E402
 from compression_core.recon.state import QuantizedState  # noqa: E402
-from compression_core.transforms import plan_tensor, round_ste  # noqa: E402
+from compression_core.transforms import plan_tensor  # noqa: E402
 
 
 def stage_times(model, calibration, target: float, config: CompressionConfig) -> tuple[dict, float]:
@@ -81,13 +81,9 @@ def iteration_breakdown(model, calibration, config: CompressionConfig, iters: in
     )
     for _ in range(iters):
         t = time.perf_counter()
-        quantized, codes = {}, []
-        for name, w, tr in state.items():
-            c = tr.codes(w)
-            codes.append(c)
-            quantized[name] = tr.inverse(round_ste(c), w)
+        quantized, codes = state.quantized_and_codes()
         t1 = time.perf_counter()
-        rate = sum(state.rate_of(i, c) for i, c in enumerate(codes))
+        rate = state.rate(codes)
         t2 = time.perf_counter()
         out = functional_call(work, quantized, (batch,))
         loss = distillation_distance([out], target) + 1e-9 * rate

@@ -56,20 +56,31 @@ class QuantizedState(nn.Module):
 
     def quantized_and_rate(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """ŵ = T⁻¹(⌊T(w)⌉) for every coded tensor and the differentiable total entropy S in bits, sharing
-        one evaluation of T(w) per tensor and one soft histogram for all of them. With
-        ``config.counter_samples`` > 0, a larger tensor's S is its entropy per code over that many codes (a
-        fixed random subset), times its size."""
+        one evaluation of T(w) per tensor."""
+        quantized, codes = self.quantized_and_codes()
+        return quantized, self.rate(codes)
+
+    def quantized_and_codes(self) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """ŵ = T⁻¹(⌊T(w)⌉) (straight-through) by name, and the continuous codes T(w) in state order."""
         quantized: dict[str, torch.Tensor] = {}
+        codes = []
+        for name, w, t in self.items():
+            codes.append(t.codes(w))
+            quantized[name] = t.inverse(round_ste(codes[-1]), w)
+        return quantized, codes
+
+    def rate(self, codes: list[torch.Tensor]) -> torch.Tensor:
+        """Differentiable total bits of every coded tensor, from one soft histogram per kernel width. With
+        ``config.counter_samples`` > 0, a larger tensor's bits are its entropy per code over that many codes
+        (a fixed random subset), times its size."""
+        if not codes:
+            return torch.zeros(())
         judged, weights = [], []
-        for i, (name, w, t) in enumerate(self.items()):
-            codes = t.codes(w)
-            quantized[name] = t.inverse(round_ste(codes), w)
-            subset = self._counter_subset(i, codes.numel())
-            judged.append(codes.reshape(-1) if subset is None else codes.reshape(-1)[subset])
-            weights.append(1.0 if subset is None else codes.numel() / subset.numel())
-        if not judged:
-            return quantized, torch.zeros(())
-        return quantized, entropy_bits_many(judged, weights, self.config.kernel, self.config.resolution)
+        for i, c in enumerate(codes):
+            subset = self._counter_subset(i, c.numel())
+            judged.append(c.reshape(-1) if subset is None else c.reshape(-1)[subset])
+            weights.append(1.0 if subset is None else c.numel() / subset.numel())
+        return entropy_bits_many(judged, weights, self.config.kernel, self.config.resolution)
 
     def rate_of(self, index: int, codes: torch.Tensor) -> torch.Tensor:
         """Differentiable bits of coded tensor ``index`` given its continuous codes T(w)."""
