@@ -79,28 +79,34 @@ def iteration_breakdown(model, calibration, config: CompressionConfig, iters: in
         ],
         0.0,
     )
-    for _ in range(iters):
-        t = time.perf_counter()
-        quantized, codes = state.quantized_and_codes()
-        t1 = time.perf_counter()
-        rate = state.rate(codes)
-        t2 = time.perf_counter()
-        out = functional_call(work, quantized, (batch,))
-        loss = distillation_distance([out], target) + 1e-9 * rate
-        t3 = time.perf_counter()
-        state.zero_grad(set_to_none=True)
-        loss.backward()
-        t4 = time.perf_counter()
-        opt.step()
-        t5 = time.perf_counter()
-        leaves = {k: v.detach().requires_grad_() for k, v in quantized.items()}
-        plain = distillation_distance([functional_call(work, leaves, (batch,))], target)
-        t6 = time.perf_counter()
-        plain.backward()
-        t7 = time.perf_counter()
-        for key, dt_ in zip(timings, (t1 - t, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t7 - t6), strict=True):
-            timings[key] += dt_ / iters
+    with state.learning("transform"):  # as the schedule runs the transform phase
+        for _ in range(iters):
+            _time_one_step(work, state, opt, batch, target, timings, iters)
     return timings
+
+
+def _time_one_step(work, state, opt, batch, target, timings: dict, iters: int) -> None:
+    """Add one transform-phase step's pieces (each divided by ``iters``) to ``timings``."""
+    t = time.perf_counter()
+    quantized, codes = state.quantized_and_codes()
+    t1 = time.perf_counter()
+    rate = state.rate(codes)
+    t2 = time.perf_counter()
+    out = functional_call(work, quantized, (batch,))
+    loss = distillation_distance([out], target) + 1e-9 * rate
+    t3 = time.perf_counter()
+    state.zero_grad(set_to_none=True)
+    loss.backward()
+    t4 = time.perf_counter()
+    opt.step()
+    t5 = time.perf_counter()
+    leaves = {k: v.detach().requires_grad_() for k, v in quantized.items()}
+    plain = distillation_distance([functional_call(work, leaves, (batch,))], target)
+    t6 = time.perf_counter()
+    plain.backward()
+    t7 = time.perf_counter()
+    for key, dt_ in zip(timings, (t1 - t, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t7 - t6), strict=True):
+        timings[key] += dt_ / iters
 
 
 def main() -> None:

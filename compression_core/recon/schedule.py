@@ -172,38 +172,39 @@ def run_schedule(
             ("weights", config.weight_iters if weight_opt else 0, weight_opt),
         ]
         for phase, iters, optimizer in phases:
-            for it in range(iters):
-                reporter.check_cancel()
-                index = torch.randint(0, n, (min(config.batch_size, n),), generator=gen)
-                target = teacher.outputs(index)
-                quantized, rate = state.quantized_and_rate()
-                batch = select(inputs, index)
-                student = _student_outputs(model, quantized, batch, device, capture, config.output_keys)
-                distortion = distillation_distance(student, target, token_mask(batch))
-                side = side_bytes()
-                bits_budget = budget.payload_bits(side)
-                hinge = torch.relu(rate - bits_budget) / max(bits_budget, 1.0)
-                loss = distortion + config.rate_weight * hinge
-                state.zero_grad(set_to_none=True)  # both groups: the idle one must not accumulate
-                loss.backward()
-                if not _stepped_finitely(optimizer):
-                    reporter.emit(
-                        phase,
-                        step,
-                        fraction_of(step / total),
-                        message=f"the {phase} phase diverged at its iteration {it + 1} (a parameter became "
-                        "non-finite; a lower learning rate avoids it): the last finite state is kept and the "
-                        "schedule stops here",
-                    )
-                    return
-                step += 1
-                if it % report_every == 0 or it == iters - 1:
-                    losses = {
-                        "distortion": distortion.item(),
-                        "rate_bits_per_weight": rate.item() / max(1, budget.coded_numel),
-                        "budget_bits_per_weight": bits_budget / max(1, budget.coded_numel),
-                        "total": loss.item(),
-                        "round": round_index,
-                    }
-                    frac = fraction_of(step / total)
-                    reporter.emit(phase, step, frac, losses, budget.estimated_ratio(side, rate.item()))
+            with state.learning(phase):
+                for it in range(iters):
+                    reporter.check_cancel()
+                    index = torch.randint(0, n, (min(config.batch_size, n),), generator=gen)
+                    target = teacher.outputs(index)
+                    quantized, rate = state.quantized_and_rate()
+                    batch = select(inputs, index)
+                    student = _student_outputs(model, quantized, batch, device, capture, config.output_keys)
+                    distortion = distillation_distance(student, target, token_mask(batch))
+                    side = side_bytes()
+                    bits_budget = budget.payload_bits(side)
+                    hinge = torch.relu(rate - bits_budget) / max(bits_budget, 1.0)
+                    loss = distortion + config.rate_weight * hinge
+                    state.zero_grad(set_to_none=True)  # both groups: the idle one must not accumulate
+                    loss.backward()
+                    if not _stepped_finitely(optimizer):
+                        reporter.emit(
+                            phase,
+                            step,
+                            fraction_of(step / total),
+                            message=f"the {phase} phase diverged at its iteration {it + 1} (a parameter became "
+                            "non-finite; a lower learning rate avoids it): the last finite state is kept and the "
+                            "schedule stops here",
+                        )
+                        return
+                    step += 1
+                    if it % report_every == 0 or it == iters - 1:
+                        losses = {
+                            "distortion": distortion.item(),
+                            "rate_bits_per_weight": rate.item() / max(1, budget.coded_numel),
+                            "budget_bits_per_weight": bits_budget / max(1, budget.coded_numel),
+                            "total": loss.item(),
+                            "round": round_index,
+                        }
+                        frac = fraction_of(step / total)
+                        reporter.emit(phase, step, frac, losses, budget.estimated_ratio(side, rate.item()))

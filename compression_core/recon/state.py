@@ -6,6 +6,9 @@ quantized tensors ŵ = T⁻¹(⌊T(w)⌉) (training-time, with STE) and the diff
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -101,6 +104,20 @@ class QuantizedState(nn.Module):
             chosen = torch.randperm(numel, generator=generator)[:limit].sort().values
             self._subsets[index] = chosen.to(self.latents[index].device)
         return self._subsets[index]
+
+    @contextmanager
+    def learning(self, phase: str) -> Iterator[None]:
+        """Within the block only ``phase``'s parameters ("transform" or "weights") require gradients, so the
+        backward pass skips the other group's: in the transform phase that is a gradient for every latent
+        weight, several passes over all of them an iteration (measured in `bench/results/profile.md`)."""
+        idle = self.latents if phase == "transform" else self.transforms
+        flags = [p.requires_grad for p in idle.parameters()]
+        idle.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p, flag in zip(idle.parameters(), flags, strict=True):
+                p.requires_grad_(flag)
 
     def transform_parameters(self) -> list[nn.Parameter]:
         return list(self.transforms.parameters())
