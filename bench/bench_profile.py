@@ -145,6 +145,7 @@ def main() -> None:
         "machine": f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, {platform.platform()}",
         "command": " ".join(sys.argv),
     }
+    args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "profile.json"
     rows = json.loads(path.read_text()) if path.exists() else []
     rows.append(row)
