@@ -29,7 +29,7 @@ from compression_core.model_io import (
 )
 from compression_core.progress import CancelCheck, ProgressCallback
 from compression_core.recon.allocation import initial_bits, sensitivity_steps
-from compression_core.recon.batchnorm import has_batchnorm, recalibrate_batchnorm
+from compression_core.recon.batchnorm import correct_batchnorm, has_batchnorm, recalibrate_batchnorm
 from compression_core.recon.blockwise import BlockSettings, find_blocks, reconstruct
 from compression_core.recon.bn_statistics import (
     ESTIMATED_BYTES_PER_VALUE,
@@ -501,11 +501,14 @@ def _as_float(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _maybe_recalibrate(model, decoded, train_inputs, config, device, reporter, timeline, recode):
-    """Load the decoded weights into a copy of the model; re-estimate BN statistics when that lowers the
-    distillation distance on the optimization samples (never on held-out samples). ``recode`` turns the
-    recalibrated state into (contents, file bytes, decoded weights), or None when they do not fit the target;
-    the judgement is made on those decoded weights, coded statistics included. Returns the model to evaluate,
-    a note for the result, and what ``recode`` returned when the recalibration is kept."""
+    """Load the decoded weights into a copy of the model; replace its BN statistics when that lowers the
+    distillation distance on the optimization samples (never on held-out samples). Two candidates: the
+    statistics re-estimated on the optimization samples (`recalibrate_batchnorm`, right when they stand for
+    the training data) and the original statistics shifted by how far quantization moved each BN input
+    (`correct_batchnorm`, right whatever the samples are). ``recode`` turns a state into (contents, file bytes,
+    decoded weights), or None when it does not fit the target; the judgement is made on those decoded weights,
+    coded statistics included. Returns the model to evaluate, a note for the result, and what ``recode``
+    returned for the statistics kept (None: the decoded ones)."""
     candidate = copy.deepcopy(model).float().eval().to(device)
     candidate.load_state_dict(_as_float(decoded))
     if not (config.bn_recalibration and has_batchnorm(candidate)):
@@ -515,16 +518,25 @@ def _maybe_recalibrate(model, decoded, train_inputs, config, device, reporter, t
     probe = select(train_inputs, slice(0, min(num_samples(train_inputs), 512)))
     ref_out = _reference_outputs(reference, probe, config.batch_size, device, config.output_keys)
     before = _distance_on(candidate, ref_out, probe, config, device)
-    recal = copy.deepcopy(candidate)
-    recalibrate_batchnorm(recal, train_inputs, config.batch_size, device)
-    recoded = recode(recal.state_dict())
-    if recoded is None:
-        return candidate, {"applied": True, "kept": False, "distance_before": before, "fits": False}, None
-    recal.load_state_dict(_as_float(recoded[2]))
-    after = _distance_on(recal, ref_out, probe, config, device)
-    kept = after < before
-    note = {"applied": True, "kept": kept, "distance_before": before, "distance_after": after}
-    return (recal, note, recoded) if kept else (candidate, note, None)
+    note = {"applied": True, "kept": False, "distance_before": before}
+    best = (before, candidate, None)
+    for kind in ("recalibrated", "corrected"):
+        adjusted = copy.deepcopy(candidate)
+        if kind == "recalibrated":
+            recalibrate_batchnorm(adjusted, train_inputs, config.batch_size, device)
+        else:
+            correct_batchnorm(adjusted, reference, train_inputs, config.batch_size, device)
+        recoded = recode(adjusted.state_dict())
+        if recoded is None:
+            note[f"{kind}_fits"] = False
+            continue
+        adjusted.load_state_dict(_as_float(recoded[2]))
+        note[f"distance_{kind}"] = distance = _distance_on(adjusted, ref_out, probe, config, device)
+        if distance < best[0]:
+            best = (distance, adjusted, recoded)
+            note["kept"] = kind
+    note["distance_after"] = best[0]
+    return best[1], note, best[2]
 
 
 def _evaluate(model, decoded_model, calibration, holdout_idx, config, device) -> dict:
