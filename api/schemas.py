@@ -59,6 +59,9 @@ class CompressionOptions(_Strict):
     )
     gptq_samples: int | None = Field(None, ge=1, le=100_000, description="calibration samples GPTQ measures")
     gptq_damping: float | None = Field(None, gt=0, le=100, description="GPTQ's damping λ (H + λ·mean diag H)")
+    gptq_rate_weight: float | None = Field(
+        None, ge=0, le=100, description="rate-aware GPTQ: weight of a level's bits against its error; 0 = off"
+    )
     sensitivity_batches: int | None = Field(None, ge=1, le=10_000, description="probe batches of the allocation")
     block_iters: int | None = Field(
         None, ge=0, le=1_000_000, description="block-wise reconstruction steps per block after the rounding; 0 = off"

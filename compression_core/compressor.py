@@ -300,6 +300,7 @@ def compress(
             device,
             config.gptq_samples,
             damping=config.gptq_damping,
+            rate_weight=config.gptq_rate_weight,
             on_batch=lambda done: reporter.emit("gptq", 0, timeline.fraction(done)),
         )
     with_phases = bool(state.names and iterations)

@@ -34,7 +34,9 @@ class CompressionConfig:
     every weight) or ``equal_bits`` (the same bits per weight in every tensor); see `recon/allocation.py`.
     ``rounding``: ``gptq`` (second-order rounding of the codes under the learned grids, `recon/gptq.py`, on
     ``gptq_samples`` samples) or ``nearest``; ``gptq_damping``: λ of H + λ·mean(diag H)·I (larger trusts
-    the calibration inputs less).
+    the calibration inputs less); ``gptq_rate_weight``: how much GPTQ's choice between a weight's two
+    neighbouring levels weighs their bits against their error (rate-aware rounding; 0 = nearest after
+    compensation, 1 = the high-rate exchange rate of a uniform quantizer).
     ``block_iters`` > 0 reconstructs the codes block by block after the rounding (`recon/blockwise.py`):
     that many steps per block at ``block_lr`` (in levels per step, cosine-decayed) against the block's
     teacher output, on QDrop's input mix (``block_input_mix``: each input element the teacher's with this
@@ -63,6 +65,7 @@ class CompressionConfig:
     rounding: str = "gptq"
     gptq_samples: int = 128
     gptq_damping: float = 0.1
+    gptq_rate_weight: float = 0.5
     block_iters: int = 0
     block_lr: float = 0.01
     block_input_mix: float = 0.5
@@ -107,6 +110,7 @@ class CompressionConfig:
         need(self.rounding in ROUNDINGS, "rounding", f"one of {ROUNDINGS}")
         need(self.gptq_samples >= 1, "gptq_samples", "must be ≥ 1")
         need(self.gptq_damping > 0, "gptq_damping", "must be > 0")
+        need(0 <= self.gptq_rate_weight <= 100, "gptq_rate_weight", "must be between 0 and 100")
         need(self.block_iters >= 0, "block_iters", "must be ≥ 0 (0: no block-wise reconstruction)")
         need(self.block_lr > 0, "block_lr", "must be > 0 (levels per step)")
         need(0.0 <= self.block_input_mix <= 1.0, "block_input_mix", "must be in [0, 1]")

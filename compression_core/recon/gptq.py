@@ -160,13 +160,52 @@ def gptq_layers(model: nn.Module, names) -> dict[str, nn.Module]:
     return layers
 
 
-def column_quantizer(transform: Transform) -> Callable[[torch.Tensor], torch.Tensor]:
-    """T⁻¹(⌊T(v)⌉) for a vector holding one weight of every output channel."""
+def column_quantizer(
+    transform: Transform, rate_weight: float = 0.0, reference: torch.Tensor | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """T⁻¹(⌊T(v)⌉) for a vector holding one weight of every output channel.
+
+    With ``rate_weight`` > 0 the rounding is rate-aware (RDOQ): each weight takes the lower or upper of its
+    two neighbouring levels, whichever has the smaller (v − ŵ)² + rate_weight · ln2/6 · Δ² · bits(level), Δ the
+    distance between the two levels and bits(level) = −log₂ p(level) under the histogram of ``reference``
+    rounded to nearest on this grid (the tensor as the range coder will roughly see it). ln2/6 · Δ² is the
+    distortion a uniform quantizer of step Δ trades for one bit at high rate (D = Δ²/12, dD/dR = −2 ln2 · D), so
+    1 means that exchange rate; the size controller then spends the bits saved on finer steps."""
+    if rate_weight <= 0 or reference is None:
+
+        def quantize(v: torch.Tensor) -> torch.Tensor:
+            return transform.inverse(torch.round(transform.codes(v)), v)
+
+        return quantize
+    bits, lowest = _level_bits(transform.symbols(reference).reshape(-1))
+    exchange = rate_weight * 0.1155245301  # ln 2 / 6
 
     def quantize(v: torch.Tensor) -> torch.Tensor:
-        return transform.inverse(torch.round(transform.codes(v)), v)
+        codes = transform.codes(v)
+        lower = torch.floor(codes)
+        upper = lower + 1.0
+        w_lower, w_upper = transform.inverse(lower, v), transform.inverse(upper, v)
+        step_sq = (w_upper - w_lower).pow(2)
+        cost_lower = (v - w_lower).pow(2) + exchange * step_sq * _lookup(bits, lowest, lower)
+        cost_upper = (v - w_upper).pow(2) + exchange * step_sq * _lookup(bits, lowest, upper)
+        return torch.where(cost_upper < cost_lower, w_upper, w_lower)
 
     return quantize
+
+
+def _level_bits(symbols: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """−log₂ p(level) for every level from the lowest to the highest symbol (add-½ smoothed), and the lowest;
+    levels outside that span cost one bit more than the rarest."""
+    lowest = int(symbols.min())
+    counts = torch.bincount(symbols - lowest).double() + 0.5
+    bits = -torch.log2(counts / counts.sum())
+    return torch.cat([bits, bits.max().reshape(1) + 1.0]).float(), lowest
+
+
+def _lookup(bits: torch.Tensor, lowest: int, levels: torch.Tensor) -> torch.Tensor:
+    index = (levels - lowest).long()
+    outside = (index < 0) | (index >= bits.numel() - 1)
+    return bits[torch.where(outside, torch.full_like(index, bits.numel() - 1), index)]
 
 
 class GptqRounder:
@@ -185,8 +224,10 @@ class GptqRounder:
         max_samples: int = 128,
         damping: float = DEFAULT_DAMPING,
         on_batch: Callable[[float], None] | None = None,
+        rate_weight: float = 0.0,
     ) -> None:
         self.damping = damping
+        self.rate_weight = rate_weight
         layers = gptq_layers(model, targets)
         self.hessians = layer_hessians(model, layers, inputs, batch_size, device, max_samples, on_batch)
         self.originals = {name: targets[name][0].detach().clone() for name in self.hessians}
@@ -202,4 +243,6 @@ class GptqRounder:
         """Overwrite each latent weight with the GPTQ rounding of its original under its transform."""
         for name, h in self.hessians.items():
             latent, transform = self.targets[name]
-            latent.copy_(gptq_round(self.originals[name], h, column_quantizer(transform), self.damping))
+            original = self.originals[name]
+            quantize = column_quantizer(transform, self.rate_weight, original)
+            latent.copy_(gptq_round(original, h, quantize, self.damping))
