@@ -172,8 +172,11 @@ def compress(
     iterations = config.rounds * (config.transform_iters + config.weight_iters)
     optimize_idx, select_idx = split_selection(num_samples(train_inputs), config.seed)
     with_batchnorm = config.bn_recalibration and has_batchnorm(work)
-    # Recalibration passes every optimization sample; the reference, before and after each up to 512.
-    batchnorm_samples = num_samples(train_inputs) + 3 * min(num_samples(train_inputs), 512)
+    # Re-estimation passes every optimization sample, the correction 64 twice (teacher, student); the
+    # reference, the distance before and each candidate's distance pass up to 512.
+    batchnorm_samples = (
+        num_samples(train_inputs) + 2 * min(num_samples(train_inputs), 64) + 4 * min(num_samples(train_inputs), 512)
+    )
     timeline = plan_compression(
         iterations=iterations,
         gptq=config.rounding == "gptq",

@@ -40,43 +40,34 @@ def recalibrate_batchnorm(model: nn.Module, inputs: Inputs, batch_size: int, dev
         model.eval()
 
 
-class _InputMoments:
-    """Per-channel mean and variance of every BN layer's input over a dataset, gathered by forward hooks."""
-
-    def __init__(self, layers: list[nn.Module]) -> None:
-        self.sums: dict[int, list] = {}
-        self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(layers)]
-
-    def _hook(self, index: int):
-        def hook(module, args, output):
-            x = args[0].detach().double().transpose(0, 1).reshape(args[0].shape[1], -1)
-            total = self.sums.setdefault(index, [0, 0.0, 0.0])
-            total[0] += x.shape[1]
-            total[1] = total[1] + x.sum(dim=1)
-            total[2] = total[2] + x.pow(2).sum(dim=1)
-
-        return hook
-
-    def moments(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        n, s1, s2 = self.sums[index]
-        mean = s1 / n
-        return mean, (s2 / n - mean.pow(2)).clamp_min(0.0)
-
-    def close(self) -> None:
-        for handle in self.handles:
-            handle.remove()
+def _channel_mean(x: torch.Tensor) -> torch.Tensor:
+    """Per-channel (dim 1) mean of a BN input, as float64."""
+    return x.detach().float().mean(dim=[d for d in range(x.dim()) if d != 1]).double()
 
 
 @torch.no_grad()
-def _input_moments(model: nn.Module, layers: list[nn.Module], inputs: Inputs, batch_size: int, device) -> _InputMoments:
+def _input_means(model: nn.Module, layers: list[nn.Module], inputs: Inputs, batch_size: int, device) -> dict:
+    """Per-channel mean of every BN layer's input over ``inputs``, by layer index."""
+    sums: dict[int, list] = {}
+
+    def hook(index: int):
+        def record(module, args, output):
+            n = args[0].numel() // args[0].shape[1]
+            total = sums.setdefault(index, [0, 0.0])
+            total[0] += n
+            total[1] = total[1] + _channel_mean(args[0]) * n
+
+        return record
+
     model.eval()
-    gathered = _InputMoments(layers)
+    handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(layers)]
     try:
         for batch in batches(inputs, batch_size):
             call_model(model, to_device(batch, device))
     finally:
-        gathered.close()
-    return gathered
+        for handle in handles:
+            handle.remove()
+    return {i: total / n for i, (n, total) in sums.items()}
 
 
 @torch.no_grad()
@@ -86,7 +77,7 @@ def correct_batchnorm(
     inputs: Inputs,
     batch_size: int,
     device: torch.device,
-    samples: int = 128,
+    samples: int = 64,
 ) -> None:
     """Shift each of the student's BN means by how far quantization moved that BN's input away from the
     teacher's on ``inputs`` (in place; bias correction): mean' = mean + m_s − m_t, with m the per-channel mean
@@ -105,13 +96,12 @@ def correct_batchnorm(
     if len(layers) != len(reference):
         raise ValueError("student and teacher must have the same BatchNorm layers")
     subset = select(inputs, slice(0, min(samples, num_samples(inputs))))
-    target = _input_moments(teacher, reference, subset, batch_size, device)
+    target = _input_means(teacher, reference, subset, batch_size, device)
 
     def corrector(index: int):
         def hook(module, args):
-            if index in target.sums:
-                x = args[0].detach().double().transpose(0, 1).reshape(args[0].shape[1], -1)
-                shift = x.mean(dim=1) - target.moments(index)[0]
+            if index in target:
+                shift = _channel_mean(args[0]) - target[index]
                 module.running_mean.add_(shift.to(module.running_mean.dtype))
 
         return hook
