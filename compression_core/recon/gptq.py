@@ -232,6 +232,8 @@ class GptqRounder:
         self.hessians = layer_hessians(model, layers, inputs, batch_size, device, max_samples, on_batch)
         self.originals = {name: targets[name][0].detach().clone() for name in self.hessians}
         self.targets = targets
+        # Weight columns one rounding visits one by one: what its time grows with.
+        self.columns = sum(h.shape[1] for h in self.hessians.values())
         log.info("GPTQ rounding for %d of %d coded weights", len(self.hessians), len(targets))
 
     def take_current_weights(self) -> None:
