@@ -45,7 +45,7 @@ from compression_core.recon.budget import (
 from compression_core.recon.finalize import build_contents, dtype_name, fit_target, replace_stored
 from compression_core.recon.gptq import GptqRounder, gptq_layers, layer_hessians
 from compression_core.recon.losses import distillation_distance
-from compression_core.recon.schedule import Reporter, run_schedule
+from compression_core.recon.schedule import Reporter, run_schedule, seconds_per_iteration
 from compression_core.recon.sensitivity import weight_sensitivity
 from compression_core.recon.state import QuantizedState
 from compression_core.records import ArtifactContents, CodedTensor
@@ -234,7 +234,7 @@ def compress(
     state = QuantizedState({k: work_sd[k] for k in original_sd}, plans, config, start_bits, start_steps)
     state = state.to(device)
     if iterations:
-        timeline.measure("rate", _seconds_per_rate(state))
+        timeline.measure("iteration", seconds_per_iteration(work, state, train_inputs, config, device))
         revise(timeline)
 
     cache = {"step": 0, "value": init_side}
@@ -466,17 +466,6 @@ def _seconds_per_hessian_sample(model, weights, inputs: Inputs, config: Compress
     t0 = time.monotonic()
     layer_hessians(model, gptq_layers(model, weights), probe, config.batch_size, device, num_samples(probe))
     return (time.monotonic() - t0) / max(1, num_samples(probe))
-
-
-def _seconds_per_rate(state: QuantizedState) -> float:
-    """One timed evaluation of every tensor's T⁻¹(⌊T(w)⌉) and the soft entropy counter, with its backward:
-    what a schedule iteration costs beyond the model (80 % of one on EfficientNet-Lite0)."""
-    t0 = time.monotonic()
-    _, rate = state.quantized_and_rate()
-    if rate.requires_grad:
-        rate.backward()
-        state.zero_grad(set_to_none=True)
-    return time.monotonic() - t0
 
 
 def _transform_floats(plans, tensors: dict[str, torch.Tensor], per_channel: bool) -> int:

@@ -149,16 +149,15 @@ def revise(timeline: Timeline) -> None:
     """Re-estimate every pending stage from the unit costs measured so far: ``sample`` (seconds per sample
     forward), ``hessian_sample`` (seconds per sample of GPTQ's input statistics), ``build`` (seconds per
     ratio-controller build), ``builds`` (builds per landing), ``round`` (seconds per GPTQ rounding of the
-    network), ``rate`` (seconds of the quantizer and entropy counter with their backward). A schedule iteration
-    is estimated from ``sample`` and ``rate``; once the schedule runs, its own pace takes over
-    (`Timeline.fraction`)."""
+    network), ``iteration`` (one timed schedule step, `schedule.seconds_per_iteration`; guessed from ``sample``
+    until then); once the schedule runs, its own pace takes over (`Timeline.fraction`)."""
     plan = timeline.plan
     sample = timeline.unit("sample", 0.0)
     build = timeline.unit("build", 0.0)
     builds = timeline.unit("builds", 3.0)
     rounding = timeline.unit("round", 2.0 * build)
     hessian_sample = timeline.unit("hessian_sample", 1.5 * sample)
-    iteration = 3.0 * plan["batch_size"] * sample + timeline.unit("rate", 0.5 * build)
+    iteration = timeline.unit("iteration", 3.0 * plan["batch_size"] * sample + 0.5 * build)
     gptq_landing = builds * (build + rounding) if plan["gptq"] else builds * build
     timeline.estimate(
         land_start=builds * build,
