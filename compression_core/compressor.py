@@ -314,7 +314,7 @@ def compress(
         revise(timeline)
     with_phases = bool(state.names and iterations)
     with_blocks = bool(state.names and config.block_iters)
-    unrounded = copy.deepcopy(state.state_dict())
+    unrounded = copy.deepcopy(state.state_dict()) if with_phases else None  # where the phases begin
     if rounder is not None:
         # fraction(1.0): the stage before is over (its estimate no longer counts), the landing not begun.
         reporter.emit("gptq", 0, timeline.fraction(1.0), message="second-order rounding of the initial allocation")
@@ -333,9 +333,8 @@ def compress(
             on_block=lambda done, total, _note: reporter.emit("blocks", 0, timeline.fraction(done / total)),
         )
         candidates["blocks" if with_phases else "optimized"] = land("land_blocks", "finalize")
-    if with_phases:  # the gradient phases begin at the start
-        state.load_state_dict(unrounded)
     if with_phases:
+        state.load_state_dict(unrounded)
         timeline.begin("schedule")
         run_schedule(
             work, state, optimize_inputs, config, budget, side_bytes, reporter, device, fraction_of=timeline.fraction

@@ -17,14 +17,19 @@ from compression_core.model_io import Inputs, batches, call_model, num_samples, 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
 
+def _tracked_layers(model: nn.Module) -> list[nn.Module]:
+    """The BN layers that keep running statistics, in module order."""
+    return [m for m in model.modules() if isinstance(m, _BN_TYPES) and m.track_running_stats]
+
+
 def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, _BN_TYPES) and m.track_running_stats for m in model.modules())
+    return bool(_tracked_layers(model))
 
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, inputs: Inputs, batch_size: int, device: torch.device) -> None:
     """Replace every BN layer's running statistics by their average over ``inputs`` (in place)."""
-    layers = [m for m in model.modules() if isinstance(m, _BN_TYPES) and m.track_running_stats]
+    layers = _tracked_layers(model)
     saved = [(m, m.momentum) for m in layers]
     model.eval()
     for m in layers:
@@ -91,8 +96,7 @@ def correct_batchnorm(
     layer at once from one measurement diverged (a later layer's shift changes once earlier ones are fixed).
     Variances are left alone: the student's extra variance is quantization noise, and dividing it away scales
     the signal down with it (matching both moments made the distance worse)."""
-    layers = [m for m in student.modules() if isinstance(m, _BN_TYPES) and m.track_running_stats]
-    reference = [m for m in teacher.modules() if isinstance(m, _BN_TYPES) and m.track_running_stats]
+    layers, reference = _tracked_layers(student), _tracked_layers(teacher)
     if len(layers) != len(reference):
         raise ValueError("student and teacher must have the same BatchNorm layers")
     subset = select(inputs, slice(0, min(samples, num_samples(inputs))))

@@ -14,6 +14,7 @@ Inputs come from the original model (every layer's H in one pass), within a samp
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 import torch
@@ -178,7 +179,7 @@ def column_quantizer(
 
         return quantize
     bits, lowest = _level_bits(transform.symbols(reference).reshape(-1))
-    exchange = rate_weight * 0.1155245301  # ln 2 / 6
+    exchange = rate_weight * math.log(2.0) / 6.0
 
     def quantize(v: torch.Tensor) -> torch.Tensor:
         codes = transform.codes(v)

@@ -130,6 +130,16 @@ def _as_kwargs(batch: Inputs) -> dict:
     return dict(batch) if isinstance(batch, dict) else {}
 
 
+def _distortion_and_rate(
+    model, state: QuantizedState, batch: Inputs, target, device, capture, config: CompressionConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step's forward: the quantized student's distance from the teacher's ``target`` on ``batch`` and
+    the differentiable bits of every coded tensor."""
+    quantized, rate = state.quantized_and_rate()
+    student = _student_outputs(model, quantized, batch, device, capture, config.output_keys)
+    return distillation_distance(student, target, token_mask(batch)), rate
+
+
 def seconds_per_iteration(
     model: torch.nn.Module, state: QuantizedState, inputs: Inputs, config: CompressionConfig, device: torch.device
 ) -> float:
@@ -143,9 +153,8 @@ def seconds_per_iteration(
     phase = "transform" if config.transform_iters or not config.weight_iters else "weights"
     with state.learning(phase):
         t0 = time.monotonic()
-        quantized, rate = state.quantized_and_rate()
-        student = _student_outputs(model, quantized, batch, device, capture, config.output_keys)
-        loss = distillation_distance(student, target, token_mask(batch)) + 0.0 * rate
+        distortion, rate = _distortion_and_rate(model, state, batch, target, device, capture, config)
+        loss = distortion + 0.0 * rate
         if loss.requires_grad:
             loss.backward()
         seconds = time.monotonic() - t0
@@ -200,10 +209,8 @@ def run_schedule(
                     reporter.check_cancel()
                     index = torch.randint(0, n, (min(config.batch_size, n),), generator=gen)
                     target = teacher.outputs(index)
-                    quantized, rate = state.quantized_and_rate()
                     batch = select(inputs, index)
-                    student = _student_outputs(model, quantized, batch, device, capture, config.output_keys)
-                    distortion = distillation_distance(student, target, token_mask(batch))
+                    distortion, rate = _distortion_and_rate(model, state, batch, target, device, capture, config)
                     side = side_bytes()
                     bits_budget = budget.payload_bits(side)
                     hinge = torch.relu(rate - bits_budget) / max(bits_budget, 1.0)
