@@ -14,7 +14,7 @@ from torch import nn
 
 from compression_core.config import CompressionConfig
 from compression_core.entropy import entropy_bits, entropy_bits_many
-from compression_core.transforms import TensorPlan, Transform, make_transform, round_ste
+from compression_core.transforms import TensorPlan, Transform, make_transform
 
 
 class QuantizedState(nn.Module):
@@ -64,26 +64,24 @@ class QuantizedState(nn.Module):
         return quantized, self.rate(codes)
 
     def quantized_and_codes(self) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
-        """ŵ = T⁻¹(⌊T(w)⌉) (straight-through) by name, and the continuous codes T(w) in state order."""
+        """ŵ = T⁻¹(⌊T(w)⌉) (straight-through) by name, and in state order the continuous codes T(w) the
+        counter judges: all of a tensor's, or with ``config.counter_samples`` > 0 that many of a larger one's
+        (a fixed random subset)."""
         quantized: dict[str, torch.Tensor] = {}
         codes = []
-        for name, w, t in self.items():
-            codes.append(t.codes(w))
-            quantized[name] = t.inverse(round_ste(codes[-1]), w)
+        for i, (name, w, t) in enumerate(self.items()):
+            judged, quantized[name] = t.codes_and_quantized(w, self._counter_subset(i, w.numel()))
+            codes.append(judged)
         return quantized, codes
 
     def rate(self, codes: list[torch.Tensor]) -> torch.Tensor:
-        """Differentiable total bits of every coded tensor, from one soft histogram per kernel width. With
-        ``config.counter_samples`` > 0, a larger tensor's bits are its entropy per code over that many codes
-        (a fixed random subset), times its size."""
+        """Differentiable total bits of every coded tensor from its judged codes (`quantized_and_codes`), in
+        one soft histogram per kernel width: a tensor's bits are its entropy per judged code times its size."""
         if not codes:
             return torch.zeros(())
-        judged, weights = [], []
-        for i, c in enumerate(codes):
-            subset = self._counter_subset(i, c.numel())
-            judged.append(c.reshape(-1) if subset is None else c.reshape(-1)[subset])
-            weights.append(1.0 if subset is None else c.numel() / subset.numel())
-        return entropy_bits_many(judged, weights, self.config.kernel, self.config.resolution)
+        flat = [c.reshape(-1) for c in codes]
+        weights = [w.numel() / max(1, c.numel()) for w, c in zip(self.latents, flat, strict=True)]
+        return entropy_bits_many(flat, weights, self.config.kernel, self.config.resolution)
 
     def rate_of(self, index: int, codes: torch.Tensor) -> torch.Tensor:
         """Differentiable bits of coded tensor ``index`` given its continuous codes T(w)."""

@@ -93,7 +93,17 @@ class Transform(nn.Module):
 
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
         """ŵ = T⁻¹(⌊T(w)⌉) with a straight-through estimator for the rounding."""
-        return self.inverse(round_ste(self.codes(w)), w)
+        return self.codes_and_quantized(w)[1]
+
+    def codes_and_quantized(
+        self, w: torch.Tensor, judged: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The continuous codes T(w) the entropy counter judges (all, or those at the flat indices ``judged``)
+        and ŵ = T⁻¹(⌊T(w)⌉) (straight-through), from one evaluation of T. Kinds with a fused quantizer
+        (`fused.py`) override it."""
+        codes = self.codes(w)
+        quantized = self.inverse(round_ste(codes), w)
+        return (codes if judged is None else codes.reshape(-1)[judged]), quantized
 
     def symbols(self, w: torch.Tensor) -> torch.Tensor:
         """Integer codes ⌊T(w)⌉ as int64 (what the range coder packs)."""

@@ -19,6 +19,7 @@ from compression_core.transforms.base import (
     reduce_std,
     safe_scale,
 )
+from compression_core.transforms.fused import LinearQuantizer, PruneQuantQuantizer
 
 
 def _gauss_step(w: torch.Tensor, per_channel: bool, bits: float) -> torch.Tensor:
@@ -47,6 +48,11 @@ class LinearTransform(Transform):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return w / self.param("s", w)
 
+    def codes_and_quantized(
+        self, w: torch.Tensor, judged: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return LinearQuantizer.apply(w, self.log_s, judged)
+
     def inverse(self, q: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return q * self.param("s", like)
 
@@ -74,6 +80,11 @@ class PruneQuantTransform(Transform):
         e, s = self.param("e", w), self.param("s", w)
         mag = w.abs()
         return torch.where(mag < e, w / (2.0 * e), torch.sign(w) * ((mag - e) / s + 0.5))
+
+    def codes_and_quantized(
+        self, w: torch.Tensor, judged: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return PruneQuantQuantizer.apply(w, self.log_e, self.log_s, judged)
 
     def inverse(self, q: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         e, s = self.param("e", like), self.param("s", like)
