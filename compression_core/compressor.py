@@ -58,10 +58,6 @@ from compression_core.transforms.levels import decode_symbols
 
 log = logging.getLogger(__name__)
 _SIDE_REFRESH_EVERY = 25
-# What one GPTQ rounding of the network costs per weight column (its loop is column by column), before the
-# first rounding measures it: EfficientNet-Lite0's 12,363 columns took 0.7 s on 2 cores. The old guess, two
-# file builds, said 0.1 s for a landing that takes 2.4 s.
-_SECONDS_PER_GPTQ_COLUMN = 6e-5
 # With equal_bits, bits per weight never start below this: the hinge brings layers down where they can.
 _MIN_INIT_BITS = 1.5
 
@@ -176,11 +172,11 @@ def compress(
     iterations = config.rounds * (config.transform_iters + config.weight_iters)
     optimize_idx, select_idx = split_selection(num_samples(train_inputs), config.seed)
     with_batchnorm = config.bn_recalibration and has_batchnorm(work)
-    # Re-estimation passes every optimization sample, the correction 64 twice (teacher, student); the
-    # reference, the distance before and each candidate's distance pass up to 512.
-    batchnorm_samples = (
-        num_samples(train_inputs) + 2 * min(num_samples(train_inputs), 64) + 4 * min(num_samples(train_inputs), 512)
-    )
+    # Re-estimation passes every optimization sample in training mode, the correction 64 twice (teacher,
+    # student) through hooks: each such pass ~1.3× a plain forward (EfficientNet-Lite0, 2026-12-01: 19 and 18 ms
+    # a sample against 14). The reference, the distance before and each candidate's distance pass up to 512.
+    n_train = num_samples(train_inputs)
+    batchnorm_samples = 1.3 * (n_train + 2 * min(n_train, 64)) + 4 * min(n_train, 512)
     timeline = plan_compression(
         iterations=iterations,
         gptq=config.rounding == "gptq",
@@ -310,7 +306,7 @@ def compress(
             rate_weight=config.gptq_rate_weight,
             on_batch=lambda done: reporter.emit("gptq", 0, timeline.fraction(done)),
         )
-        timeline.measure("round", _SECONDS_PER_GPTQ_COLUMN * rounder.columns)
+        timeline.measure("round", rounder.seconds_per_rounding())
         revise(timeline)
     with_phases = bool(state.names and iterations)
     with_blocks = bool(state.names and config.block_iters)
@@ -449,13 +445,18 @@ def _block_settings(config: CompressionConfig) -> BlockSettings:
 
 
 def _seconds_per_sample(model, inputs: Inputs, config: CompressionConfig, device) -> float:
-    """One timed forward pass of a batch (warm-up excluded), when no sensitivity probe measured it."""
+    """Seconds per sample of a forward pass: the mean of two timed passes of a batch, after a warm-up. One
+    pass alone varied 1.6× between two runs on the same machine (EfficientNet-Lite0, 2 cores), and every later
+    stage's estimate is a multiple of it; the faster of two, tried too, underestimated the passes that follow."""
     batch = to_device(select(inputs, slice(0, min(num_samples(inputs), config.batch_size))), device)
+    timings = []
     with torch.no_grad():
         call_model(model, batch)
-        t0 = time.monotonic()
-        call_model(model, batch)
-    return (time.monotonic() - t0) / max(1, num_samples(batch))
+        for _ in range(2):
+            t0 = time.monotonic()
+            call_model(model, batch)
+            timings.append(time.monotonic() - t0)
+    return sum(timings) / len(timings) / max(1, num_samples(batch))
 
 
 def _seconds_per_hessian_sample(model, weights, inputs: Inputs, config: CompressionConfig, device) -> float:

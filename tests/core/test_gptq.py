@@ -67,6 +67,22 @@ def test_rounding_again_starts_from_the_originals():
     assert torch.equal(latent, first)
 
 
+def test_timing_a_rounding_writes_nothing():
+    """The progress estimate's sample rounding (every 2nd layer here) leaves every latent weight as it was."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(16, 16) for _ in range(4)]).requires_grad_(False)
+    targets = {}
+    for i, layer in enumerate(model):
+        w = layer.weight.detach().clone()
+        targets[f"{i}.weight"] = (w.clone(), make_transform("prune_quant", w, bits=2.0))
+    rounder = GptqRounder(model, targets, torch.randn(64, 16), 32, torch.device("cpu"))
+    before = {n: latent.clone() for n, (latent, _) in targets.items()}
+    assert rounder.seconds_per_rounding(stride=2) > 0.0
+    assert all(torch.equal(targets[n][0], before[n]) for n in before)
+    rounder.round_into()
+    assert not all(torch.equal(targets[n][0], before[n]) for n in before)
+
+
 def test_rate_aware_rounding_spends_fewer_bits_for_a_bounded_error():
     """RDOQ inside GPTQ: weights near a rounding boundary take the cheaper (more frequent) level, so the
     codes' entropy drops; every weight still takes one of its two neighbouring levels."""
