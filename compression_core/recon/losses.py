@@ -31,3 +31,22 @@ def distillation_distance(
             f"model gave {len(student)} float outputs, the original {len(teacher)}; need ≥ 1 and equal"
         )
     return torch.stack([relative_mse(s, t.detach(), mask) for s, t in zip(student, teacher, strict=True)]).mean()
+
+
+def per_sample_distances(
+    student: list[torch.Tensor], teacher: list[torch.Tensor], mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Each sample's share of `distillation_distance`, shape (batch,): their mean is the distance. Each
+    output's squared error per sample is divided by the teacher's energy over the whole batch, as the distance
+    does, so two candidates' shares on the same samples can be compared pairwise."""
+    shares = []
+    for s, t in zip(student, teacher, strict=True):
+        t = t.detach()
+        weights = position_weights(t, mask)
+        error, energy = (s - t).pow(2), t.pow(2)
+        if weights is not None:
+            zero = torch.zeros((), dtype=t.dtype, device=t.device)
+            error, energy = torch.where(weights != 0, error, zero), torch.where(weights != 0, energy, zero)
+        n = t.shape[0]
+        shares.append(n * error.reshape(n, -1).sum(dim=1) / (energy.sum() + _EPS * max(1, energy.numel())))
+    return torch.stack(shares).mean(dim=0)

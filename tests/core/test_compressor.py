@@ -221,3 +221,37 @@ def test_a_longer_schedule_keeps_the_shorter_presets_result_as_a_candidate(digit
     assert chosen["gptq_distance"] == min(chosen["start_distance"], chosen["optimized_distance"],
                                           chosen["gptq_distance"])
     assert all(torch.equal(wrecked.state_dict[k], v) for k, v in fast.state_dict.items())
+
+
+def test_a_longer_candidate_is_kept_only_when_the_samples_can_tell_it_is_closer():
+    """Paired test on per-sample distances: a consistent gain wins, a gain within the samples' noise keeps the
+    shorter candidate, and a later candidate is compared with what was kept so far."""
+    from compression_core.compressor import paired_choice
+
+    gen = torch.Generator().manual_seed(0)
+    start = 1.0 + 0.1 * torch.rand(23, generator=gen)
+    noise = 0.3 * torch.randn(23, generator=gen)
+    consistent = {"start": start, "gptq": start - 0.5}
+    kept, z = paired_choice(consistent, 2.0)
+    assert kept == "gptq" and (z["gptq"] is None or z["gptq"] > 2.0)
+    noisy = {"start": start, "gptq": start - 0.5, "optimized": start - 0.5 - 0.02 + noise}
+    kept, z = paired_choice(noisy, 2.0)
+    assert kept == "gptq" and abs(z["optimized"]) < 2.0
+    clear = {**noisy, "optimized": start - 0.7 + 0.01 * noise}
+    kept, z = paired_choice(clear, 2.0)
+    assert kept == "optimized" and z["optimized"] > 2.0
+    worse = {"start": start, "gptq": start + 0.2}
+    assert paired_choice(worse, 2.0)[0] == "start"
+
+
+def test_per_sample_distances_average_to_the_distance_with_and_without_a_token_mask():
+    from compression_core.recon.losses import distillation_distance, per_sample_distances
+
+    gen = torch.Generator().manual_seed(1)
+    teacher = [torch.randn(6, 10, generator=gen), torch.randn(6, 4, 3, generator=gen)]
+    student = [t + 0.1 * torch.randn(t.shape, generator=gen) for t in teacher]
+    mask = torch.tensor([[1, 1, 1, 0]] * 3 + [[1, 0, 0, 0]] * 3)
+    for m in (None, mask):
+        shares = per_sample_distances(student, teacher, m)
+        assert shares.shape == (6,)
+        assert float(shares.mean()) == pytest.approx(float(distillation_distance(student, teacher, m)), rel=1e-5)
