@@ -91,11 +91,12 @@ def decode_state_dict(contents: ArtifactContents, original: dict[str, torch.Tens
 
 
 def _distance_on(model, reference_outputs, inputs: Inputs, config: CompressionConfig, device) -> float:
-    outputs = _reference_outputs(model, inputs, config.batch_size, device, config.output_keys)
+    outputs = _outputs_on(model, inputs, config.batch_size, device, config.output_keys)
     return float(distillation_distance(outputs, reference_outputs, token_mask(inputs)))
 
 
-def _reference_outputs(model, inputs: Inputs, batch_size: int, device, output_keys=()) -> list[torch.Tensor]:
+def _outputs_on(model, inputs: Inputs, batch_size: int, device, output_keys=()) -> list[torch.Tensor]:
+    """The model's float outputs on every sample of ``inputs``, batch by batch, concatenated."""
     with torch.no_grad():
         parts = [
             float_outputs(call_model(model, to_device(b, device)), output_keys) for b in batches(inputs, batch_size)
@@ -419,13 +420,13 @@ def _select_best(model, original_sd, candidates, train_inputs, select_idx, confi
     is in the note."""
     probe = select(train_inputs, select_idx)
     reference = copy.deepcopy(model).float().eval().to(device)
-    ref_out = _reference_outputs(reference, probe, config.batch_size, device, config.output_keys)
+    ref_out = _outputs_on(reference, probe, config.batch_size, device, config.output_keys)
     shares = {}
     for label, contents in candidates.items():
         candidate = copy.deepcopy(model).float().eval().to(device)
         decoded = decode_state_dict(contents, original_sd)
         candidate.load_state_dict(_as_float(decoded))
-        outputs = _reference_outputs(candidate, probe, config.batch_size, device, config.output_keys)
+        outputs = _outputs_on(candidate, probe, config.batch_size, device, config.output_keys)
         shares[label] = per_sample_distances(outputs, ref_out, token_mask(probe)).double()
     kept, z_scores = paired_choice(shares, _SELECTION_Z)
     return {
@@ -536,7 +537,7 @@ def _maybe_recalibrate(model, decoded, train_inputs, config, device, reporter, t
     reporter.emit("bn_recalibration", 0, timeline.fraction(), message="re-estimating BatchNorm statistics")
     reference = copy.deepcopy(model).float().eval().to(device)
     probe = select(train_inputs, slice(0, min(num_samples(train_inputs), 512)))
-    ref_out = _reference_outputs(reference, probe, config.batch_size, device, config.output_keys)
+    ref_out = _outputs_on(reference, probe, config.batch_size, device, config.output_keys)
     before = _distance_on(candidate, ref_out, probe, config, device)
     note = {"applied": True, "kept": False, "distance_before": before}
     best = (before, candidate, None)

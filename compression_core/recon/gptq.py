@@ -263,7 +263,6 @@ class GptqRounder:
         return (time.monotonic() - t0) * self.columns / max(1, sampled)
 
     def _rounded(self, name: str) -> torch.Tensor:
-        latent, transform = self.targets[name]
         original = self.originals[name]
-        quantize = column_quantizer(transform, self.rate_weight, original)
+        quantize = column_quantizer(self.targets[name][1], self.rate_weight, original)
         return gptq_round(original, self.hessians[name], quantize, self.damping)

@@ -27,6 +27,11 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
+def judged_codes(codes: torch.Tensor, judged: torch.Tensor | None) -> torch.Tensor:
+    """The codes the entropy counter judges: all of them, or those at the flat indices ``judged``."""
+    return codes if judged is None else codes.reshape(-1)[judged]
+
+
 def channel_view(p: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Reshape a per-channel parameter (C,) so it broadcasts over a tensor shaped (C, ...)."""
     if p.dim() == 0:
@@ -102,8 +107,7 @@ class Transform(nn.Module):
         and ŵ = T⁻¹(⌊T(w)⌉) (straight-through), from one evaluation of T. Kinds with a fused quantizer
         (`fused.py`) override it."""
         codes = self.codes(w)
-        quantized = self.inverse(round_ste(codes), w)
-        return (codes if judged is None else codes.reshape(-1)[judged]), quantized
+        return judged_codes(codes, judged), self.inverse(round_ste(codes), w)
 
     def symbols(self, w: torch.Tensor) -> torch.Tensor:
         """Integer codes ⌊T(w)⌉ as int64 (what the range coder packs)."""

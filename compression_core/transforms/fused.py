@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from compression_core.transforms.base import MAX_CODE, channel_view
+from compression_core.transforms.base import MAX_CODE, channel_view, judged_codes
 
 
 def _inner(a: torch.Tensor, b: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -35,10 +35,6 @@ def _unclamped(raw: torch.Tensor) -> torch.Tensor | None:
         return None
     low, high = torch.aminmax(raw)
     return None if max(-float(low), float(high)) <= MAX_CODE else raw.abs() <= MAX_CODE
-
-
-def _judged(codes: torch.Tensor, judged: torch.Tensor | None) -> torch.Tensor:
-    return codes if judged is None else codes.reshape(-1)[judged]
 
 
 def _code_gradient(
@@ -78,12 +74,13 @@ class PruneQuantQuantizer(torch.autograd.Function):
         ctx.save_for_backward(codes, q, dead, log_e, log_s)
         ctx.inside, ctx.judged = inside, judged
         ctx.set_materialize_grads(False)
-        return _judged(codes, judged), quantized
+        return judged_codes(codes, judged), quantized
 
     @staticmethod
     def backward(ctx, grad_codes: torch.Tensor, grad_quantized: torch.Tensor):
         codes, q, dead, log_e, log_s = ctx.saved_tensors
-        e, s = channel_view(log_e.exp(), codes), channel_view(log_s.exp(), codes)
+        e_, s_ = log_e.exp(), log_s.exp()
+        e, s = channel_view(e_, codes), channel_view(s_, codes)
         # T⁻¹'s slope at the level: 2e at 0 and s elsewhere.
         grad_c = _code_gradient(torch.where(q == 0, 2.0 * e, s), grad_quantized, grad_codes, ctx)
         if grad_quantized is None:
@@ -100,7 +97,6 @@ class PruneQuantQuantizer(torch.autograd.Function):
             beyond_sign = torch.sign(beyond_codes)
             by_beyond_codes = _inner(grad_c, beyond_codes, log_e)
             by_beyond_sign = _inner(grad_c, beyond_sign, log_e)
-            e_, s_ = log_e.exp(), log_s.exp()
             if ctx.needs_input_grad[1]:
                 by_dead_codes = _inner(grad_c, codes, log_e) - by_beyond_codes
                 grad_log_e = e_ * signed - by_dead_codes - e_ / s_ * by_beyond_sign
@@ -123,7 +119,7 @@ class LinearQuantizer(torch.autograd.Function):
         ctx.save_for_backward(w, q, log_s)
         ctx.inside, ctx.judged = inside, judged
         ctx.set_materialize_grads(False)
-        return _judged(codes, judged), q * s
+        return judged_codes(codes, judged), q * s
 
     @staticmethod
     def backward(ctx, grad_codes: torch.Tensor | None, grad_quantized: torch.Tensor | None):
