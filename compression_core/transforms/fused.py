@@ -30,9 +30,13 @@ def _inner(a: torch.Tensor, b: torch.Tensor, like: torch.Tensor) -> torch.Tensor
 
 
 def _unclamped(raw: torch.Tensor) -> torch.Tensor | None:
-    """Where the clamp to ±MAX_CODE let the gradient through; None when it clipped nothing (the usual case)."""
+    """Where the clamp to ±MAX_CODE let the gradient through; None when it clipped nothing (the usual case).
+    On an accelerator the mask is always made: reading the extremes back to decide would stall the stream once
+    per tensor and step, which costs more there than the mask."""
     if raw.numel() == 0:
         return None
+    if raw.device.type != "cpu":
+        return raw.abs() <= MAX_CODE
     low, high = torch.aminmax(raw)
     return None if max(-float(low), float(high)) <= MAX_CODE else raw.abs() <= MAX_CODE
 

@@ -1,6 +1,7 @@
 """compress(): true-file ratios land on target, decoded weights keep accuracy, every tensor is accounted for."""
 
 import copy
+import time
 
 import numpy as np
 import pytest
@@ -255,3 +256,27 @@ def test_per_sample_distances_average_to_the_distance_with_and_without_a_token_m
         shares = per_sample_distances(student, teacher, m)
         assert shares.shape == (6,)
         assert float(shares.mean()) == pytest.approx(float(distillation_distance(student, teacher, m)), rel=1e-5)
+
+
+class _OneSlowPass(nn.Module):
+    """A forward that takes ``fast`` seconds, except one call in ``period`` that takes ``slow``."""
+
+    def __init__(self, fast: float, slow: float, period: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+        self.fast, self.slow, self.period, self.calls = fast, slow, period, 0
+
+    def forward(self, x):
+        self.calls += 1
+        time.sleep(self.slow if self.calls % self.period == 0 else self.fast)
+        return self.linear(x)
+
+
+def test_the_forward_timing_that_prices_later_stages_ignores_slow_passes():
+    from compression_core.compressor import _seconds_per_sample
+
+    model = _OneSlowPass(fast=0.02, slow=0.5, period=3)  # call 1 warms up; of the five timed, 3 and 6 are slow
+    config = CompressionConfig(batch_size=4)
+    per_sample = _seconds_per_sample(model, torch.zeros(8, 4), config, torch.device("cpu"))
+    # A mean of the timed passes would be ≈ (2·0.5 + 3·0.02)/5 per batch; the median stays at a fast pass.
+    assert 0.02 / 4 <= per_sample < 0.06 / 4
