@@ -63,6 +63,9 @@ class CompressionOptions(_Strict):
         None, ge=0, le=100, description="rate-aware GPTQ: weight of a level's bits against its error; 0 = off"
     )
     sensitivity_batches: int | None = Field(None, ge=1, le=10_000, description="probe batches of the allocation")
+    sensitivity_exponent: float | None = Field(
+        None, ge=0, le=1, description="steps ∝ sensitivity^−exponent in the allocation; 0 = one step for all"
+    )
     block_iters: int | None = Field(
         None, ge=0, le=1_000_000, description="block-wise reconstruction steps per block after the rounding; 0 = off"
     )

@@ -216,7 +216,9 @@ def compress(
         if config.per_channel:
             sensitivity.update({k: float(sensitivity[k].mean()) for k in vectors})
         init_side += 4 * _transform_floats(plans, work_sd, config.per_channel)
-        start_steps, start_bits = sensitivity_steps(allocated, budget.payload_bits(init_side), sensitivity)
+        start_steps, start_bits = sensitivity_steps(
+            allocated, budget.payload_bits(init_side), sensitivity, exponent=config.sensitivity_exponent
+        )
     else:
         start_bits = initial_bits(weights, vectors, budget.payload_bits(init_side), config.allocation, _MIN_INIT_BITS)
     # Measured, not derived from the probe: a backward pass costs this model some unknown multiple of a

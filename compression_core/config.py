@@ -30,7 +30,8 @@ class CompressionConfig:
     entropy counter judge a larger tensor from that many of its codes (fixed random subset, scaled to its
     size; the paper's code judges n/128) instead of all of them — the file size is always measured exactly.
     ``allocation`` is where the bits start:
-    ``sensitivity`` (steps ∝ 1/√(measured sensitivity), spending the budget), ``equal_step`` (one step for
+    ``sensitivity`` (steps ∝ (measured sensitivity)^−``sensitivity_exponent``, spending the budget;
+    ½ is the high-rate optimum for an exact sensitivity), ``equal_step`` (one step for
     every weight) or ``equal_bits`` (the same bits per weight in every tensor); see `recon/allocation.py`.
     ``rounding``: ``gptq`` (second-order rounding of the codes under the learned grids, `recon/gptq.py`, on
     ``gptq_samples`` samples) or ``nearest``; ``gptq_damping``: λ of H + λ·mean(diag H)·I (larger trusts
@@ -72,6 +73,7 @@ class CompressionConfig:
     block_modules: tuple[str, ...] = ()
     block_cache_mb: int = 2048
     sensitivity_batches: int = 16
+    sensitivity_exponent: float = 0.5
     feature_modules: tuple[str, ...] = ()
     feature_weight: float = 1.0
     output_keys: tuple[str, ...] = ()
@@ -117,6 +119,7 @@ class CompressionConfig:
         need(self.block_cache_mb >= 0, "block_cache_mb", "must be ≥ 0 (0 keeps every activation on disk)")
         need(self.bn_statistics_precision >= 0, "bn_statistics_precision", "must be ≥ 0 (0 stores them as fp32)")
         need(self.sensitivity_batches >= 1, "sensitivity_batches", "must be ≥ 1")
+        need(0.0 <= self.sensitivity_exponent <= 1.0, "sensitivity_exponent", "must be in [0, 1] (½: steps ∝ 1/√h)")
         need(0.0 <= self.holdout_fraction < 1.0, "holdout_fraction", "must be in [0, 1)")
         need(self.min_coded_numel >= 1, "min_coded_numel", "must be ≥ 1")
         need(0.0 < self.ratio_tolerance < 0.5, "ratio_tolerance", "must be in (0, 0.5)")

@@ -104,12 +104,15 @@ def sensitivity_steps(
     budget_bits: float,
     sensitivity: dict[str, torch.Tensor | float],
     channel_spread: float = 2.0,
+    exponent: float = 0.5,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Uniform steps Δ_c = Δ / √(h_c / h̄) for every tensor (h scalar) or output channel (h of shape (C,)),
-    with the one Δ whose hard entropy over all tensors spends ``budget_bits``: equal expected cost
-    h_c·Δ_c²/12 per weight everywhere (reverse water-filling over channels). Returns the steps (scalar or (C,),
-    float64) and the bits per weight they spend per tensor. Channels the outputs ignore (h_c = 0) get a step
-    so coarse that they code as zeros.
+    """Uniform steps Δ_c = Δ · (h_c / h̄)^(−exponent) for every tensor (h scalar) or output channel (h of
+    shape (C,)), with the one Δ whose hard entropy over all tensors spends ``budget_bits``. At exponent ½ every
+    weight has the same expected cost h_c·Δ_c²/12 (reverse water-filling, the high-rate optimum when h is
+    exact); a smaller exponent shrinks the spread of the steps towards one common step, for an h measured on a
+    few batches and for rates of 1–3 bits where the high-rate model is loose. Returns the steps (scalar or
+    (C,), float64) and the bits per weight they spend per tensor. Channels the outputs ignore (h_c = 0) get a
+    step so coarse that they code as zeros.
 
     Per channel, the estimate (a few batches) is noisy and only local: a channel it calls unimportant still
     feeds a BatchNorm whose statistics assume its values, and zeroing it shifts that BN's output. So a
@@ -123,8 +126,8 @@ def sensitivity_steps(
     mean_h = sum(positive) / len(positive) if positive else 1.0
     scale = {}
     for k, (_, h) in rows.items():
-        whole = (tensor_h[k] / mean_h).sqrt().clamp_min(1e-4)
-        within = (h / tensor_h[k]).sqrt() if tensor_h[k] > 0 else torch.ones_like(h)
+        whole = (tensor_h[k] / mean_h).pow(exponent).clamp_min(1e-4)
+        within = (h / tensor_h[k]).pow(exponent) if tensor_h[k] > 0 else torch.ones_like(h)
         scale[k] = whole * within.clamp(1.0 / channel_spread, channel_spread)
     scaled = {k: (r * scale[k][:, None]) for k, (r, _) in rows.items()}
     top = max(float(t.abs().max()) for t in scaled.values())

@@ -80,3 +80,21 @@ def test_per_channel_steps_follow_channel_sensitivity_within_the_spread_and_spen
     spent = _entropy_bits_total(w.double() / s[:, None], 1.0)
     assert abs(spent - budget) / budget < 0.05
     assert abs(bits["w"] - spent / w.numel()) < 1e-6
+
+
+def test_the_sensitivity_exponent_sets_how_far_the_steps_of_two_tensors_spread():
+    from compression_core.recon.allocation import sensitivity_steps
+
+    torch.manual_seed(0)
+    weights = {"a": torch.randn(64, 64), "b": torch.randn(64, 64)}
+    h = {"a": 16.0, "b": 1.0}
+    budget = 3.0 * 2 * 64 * 64
+    spread = {}
+    for exponent in (0.0, 0.25, 0.5):
+        steps, _ = sensitivity_steps(weights, budget, h, exponent=exponent)
+        spread[exponent] = float(steps["b"] / steps["a"])
+    assert spread[0.0] == pytest.approx(1.0)  # one common step
+    assert spread[0.25] == pytest.approx(2.0)  # 16^¼
+    assert spread[0.5] == pytest.approx(4.0)  # 16^½: equal h·Δ² per weight
+    with pytest.raises(ConfigError, match="sensitivity_exponent"):
+        CompressionConfig(sensitivity_exponent=1.5)
