@@ -413,6 +413,14 @@ def _fashion_probe(model: nn.Module, probe_train: int, probe_test: int, probe_si
     return evaluate_probe
 
 
+def _photo_standard_error(per_crop: torch.Tensor, photo_of_crop: torch.Tensor) -> float:
+    """Standard error of a per-crop score's mean with the photo as the unit: crops of one photo are not
+    independent, so the spread of the per-photo means (over √photos) is what tells two runs apart."""
+    photos = int(photo_of_crop.max()) + 1
+    means = torch.zeros(photos).index_add_(0, photo_of_crop, per_crop.float()) / torch.bincount(photo_of_crop)
+    return float(means.std() / photos**0.5) if photos > 1 else 0.0
+
+
 def efficientnet_lite0(
     calibration_crops: int = 256,
     eval_crops: int = 500,
@@ -437,11 +445,19 @@ def efficientnet_lite0(
     reference_top1 = reference_logits.argmax(1)
     reference_logp = F.log_softmax(reference_logits, 1)
 
+    photo_of_crop = torch.arange(eval_crops) % len(eval_photos)  # how `_crops` spreads the crops
+
     def evaluate_agreement(candidate: nn.Module) -> dict:
         logits = _batched_logits(candidate, eval_x, 64)
         logp = F.log_softmax(logits, 1)
-        kl = float((reference_logp.exp() * (reference_logp - logp)).sum(1).mean())
-        return {"agreement": float((logits.argmax(1) == reference_top1).float().mean()), "kl": kl}
+        kl = (reference_logp.exp() * (reference_logp - logp)).sum(1)
+        agrees = (logits.argmax(1) == reference_top1).float()
+        return {
+            "agreement": float(agrees.mean()),
+            "kl": float(kl.mean()),
+            "agreement_se": _photo_standard_error(agrees, photo_of_crop),
+            "kl_se": _photo_standard_error(kl, photo_of_crop),
+        }
 
     evaluations = {"efficientnet_lite0 (natural crops)": (evaluate_agreement, "agreement")}
     if probe:
