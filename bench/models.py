@@ -430,16 +430,28 @@ def efficientnet_lite0(
     probe_size: int = 96,
     seed: int = 0,
     probe: bool = True,
+    calibrate_on: str = "calibration",
 ) -> Subject:
     """EfficientNet-Lite0 with ImageNet weights. Photos are split by image (alternating, after a seeded
     shuffle): calibration crops from one half, evaluation crops from the other. ``probe=False`` leaves out
-    the Fashion-MNIST panel (`_fashion_probe`), e.g. where that dataset is not installed."""
+    the Fashion-MNIST panel (`_fashion_probe`), e.g. where that dataset is not installed.
+
+    ``calibrate_on`` is a diagnostic of how much the calibration photos limit the scores: ``evaluation``
+    draws the calibration crops (other crops, another seed) from the evaluation photos, ``all`` from every
+    photo. Only ``calibration`` keeps the two sets disjoint; the others are never a result of the method."""
     model = load_efficientnet_lite0()
     photos = natural_photos()
     order = np.random.default_rng(seed).permutation(len(photos))
     calib_photos = [photos[i] for i in order[0::2]]
     eval_photos = [photos[i] for i in order[1::2]]
-    calibration = _crops([p for _, p in calib_photos], calibration_crops, crop_size, seed + 1)
+    calibration_sources = {"calibration": calib_photos, "evaluation": eval_photos, "all": photos}
+    if calibrate_on not in calibration_sources:
+        raise ValueError(f"calibrate_on={calibrate_on!r}: one of {sorted(calibration_sources)}")
+    calibration_seed = seed + 1
+    if calibrate_on != "calibration":
+        calib_photos = calibration_sources[calibrate_on]
+        calibration_seed += 1000  # crops unlike the scored ones even where the photos are the same
+    calibration = _crops([p for _, p in calib_photos], calibration_crops, crop_size, calibration_seed)
     eval_x = _crops([p for _, p in eval_photos], eval_crops, crop_size, seed + 2)
     reference_logits = _batched_logits(model, eval_x, 64)
     reference_top1 = reference_logits.argmax(1)
@@ -470,7 +482,9 @@ def efficientnet_lite0(
         evaluations=evaluations,
         description=(
             f"EfficientNet-Lite0, ImageNet weights; {calibration_crops} calibration crops of "
-            f"{len(calib_photos)} photos, {eval_crops} evaluation crops of {len(eval_photos)} other photos "
+            f"{len(calib_photos)} photos"
+            + ("" if calibrate_on == "calibration" else f" (calibrate_on={calibrate_on}: not disjoint, a diagnostic)")
+            + f", {eval_crops} evaluation crops of {len(eval_photos)} other photos "
             f"at {crop_size} px (top-1 agreement and KL vs fp32)"
             + (
                 f"; Fashion-MNIST probe: logistic regression on fp32 backbone features of {probe_train} "
