@@ -291,6 +291,12 @@ def natural_photos() -> list[tuple[str, np.ndarray]]:
     return unique
 
 
+def _photo_of_crop(count: int, photos: int) -> torch.Tensor:
+    """Which photo each of ``count`` crops comes from: spread evenly, in turn (`_crops`, and the standard
+    errors that treat the photo as the unit)."""
+    return torch.arange(count) % photos
+
+
 def _crops(photos: list[np.ndarray], count: int, size: int, seed: int) -> torch.Tensor:
     """``count`` random crops (scale 0.08–1 of the area, aspect 3/4–4/3, random flip) spread evenly over the
     photos, each brought to ImageNet evaluation geometry: shorter side resized to size·256/224, centre crop
@@ -300,8 +306,8 @@ def _crops(photos: list[np.ndarray], count: int, size: int, seed: int) -> torch.
     rng = np.random.default_rng(seed)
     resize_to = int(round(size * 256 / 224))
     out = np.empty((count, 3, size, size), dtype=np.float32)
-    for i in range(count):
-        img = photos[i % len(photos)]
+    for i, photo in enumerate(_photo_of_crop(count, len(photos)).tolist()):
+        img = photos[photo]
         h, w = img.shape[:2]
         for _ in range(20):
             area = h * w * rng.uniform(0.08, 1.0)
@@ -447,17 +453,16 @@ def efficientnet_lite0(
     calibration_sources = {"calibration": calib_photos, "evaluation": eval_photos, "all": photos}
     if calibrate_on not in calibration_sources:
         raise ValueError(f"calibrate_on={calibrate_on!r}: one of {sorted(calibration_sources)}")
-    calibration_seed = seed + 1
-    if calibrate_on != "calibration":
-        calib_photos = calibration_sources[calibrate_on]
-        calibration_seed += 1000  # crops unlike the scored ones even where the photos are the same
+    calib_photos = calibration_sources[calibrate_on]
+    # Another seed where the photos may be the evaluation ones: crops unlike the scored ones.
+    calibration_seed = seed + 1 + (0 if calibrate_on == "calibration" else 1000)
     calibration = _crops([p for _, p in calib_photos], calibration_crops, crop_size, calibration_seed)
     eval_x = _crops([p for _, p in eval_photos], eval_crops, crop_size, seed + 2)
     reference_logits = _batched_logits(model, eval_x, 64)
     reference_top1 = reference_logits.argmax(1)
     reference_logp = F.log_softmax(reference_logits, 1)
 
-    photo_of_crop = torch.arange(eval_crops) % len(eval_photos)  # how `_crops` spreads the crops
+    photo_of_crop = _photo_of_crop(eval_crops, len(eval_photos))
 
     def evaluate_agreement(candidate: nn.Module) -> dict:
         logits = _batched_logits(candidate, eval_x, 64)

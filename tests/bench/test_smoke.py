@@ -74,14 +74,3 @@ def test_smoke_ratios_are_sane_true_file_ratios(smoke_report):
     assert fp32 > 0.8  # 3 epochs are enough for a usable model
     assert runs[("L²", "target 5×")]["scores"]["digits_cnn"]["accuracy"] > fp32 - 0.1
 
-
-def test_the_photo_standard_error_treats_the_photo_not_the_crop_as_the_unit():
-    import torch
-
-    from bench.models import _photo_standard_error
-
-    photo_of_crop = torch.arange(40) % 2  # two photos, 20 crops each
-    per_crop = photo_of_crop.float()  # every crop of photo 0 scores 0, of photo 1 scores 1
-    # Per-photo means 0 and 1: std 1/√2 over √2 photos. Crops as the unit would claim 0.08.
-    assert _photo_standard_error(per_crop, photo_of_crop) == pytest.approx(0.5)
-    assert _photo_standard_error(torch.ones(40), photo_of_crop) == 0.0

@@ -258,7 +258,7 @@ def test_per_sample_distances_average_to_the_distance_with_and_without_a_token_m
         assert float(shares.mean()) == pytest.approx(float(distillation_distance(student, teacher, m)), rel=1e-5)
 
 
-class _OneSlowPass(nn.Module):
+class _PeriodicallySlowForward(nn.Module):
     """A forward that takes ``fast`` seconds, except one call in ``period`` that takes ``slow``."""
 
     def __init__(self, fast: float, slow: float, period: int) -> None:
@@ -275,7 +275,8 @@ class _OneSlowPass(nn.Module):
 def test_the_forward_timing_that_prices_later_stages_ignores_slow_passes():
     from compression_core.compressor import _seconds_per_sample
 
-    model = _OneSlowPass(fast=0.02, slow=0.5, period=3)  # call 1 warms up; of the five timed, 3 and 6 are slow
+    # Call 1 warms up; of the five timed calls, 3 and 6 are slow.
+    model = _PeriodicallySlowForward(fast=0.02, slow=0.5, period=3)
     config = CompressionConfig(batch_size=4)
     per_sample = _seconds_per_sample(model, torch.zeros(8, 4), config, torch.device("cpu"))
     # A mean of the timed passes would be ≈ (2·0.5 + 3·0.02)/5 per batch; the median stays at a fast pass.

@@ -1,0 +1,33 @@
+"""Bench subjects' scoring helpers: what a standard error counts as one observation."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+
+def test_the_photo_standard_error_treats_the_photo_not_the_crop_as_the_unit():
+    from bench.models import _photo_standard_error
+
+    photo_of_crop = torch.arange(40) % 2  # two photos, 20 crops each
+    per_crop = photo_of_crop.float()  # every crop of photo 0 scores 0, of photo 1 scores 1
+    # Per-photo means 0 and 1: std 1/√2 over √2 photos. Crops as the unit would claim 0.08.
+    assert _photo_standard_error(per_crop, photo_of_crop) == pytest.approx(0.5)
+    assert _photo_standard_error(torch.ones(40), photo_of_crop) == 0.0
+
+
+def test_the_crops_are_spread_over_the_photos_as_the_standard_error_assumes():
+    from bench.models import _crops, _photo_of_crop
+
+    # Three one-colour photos: each crop's colour tells which photo it came from.
+    photos = [np.full((40, 60, 3), value, dtype=np.uint8) for value in (0, 128, 255)]
+    crops = _crops(photos, 7, 16, seed=0)
+    came_from = ((crops[:, 0, 0, 0] + 1) / 2 * 255).round().long()
+    expected = torch.tensor([0, 128, 255])[_photo_of_crop(7, 3)]
+    assert torch.equal(came_from, expected)
