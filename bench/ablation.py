@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import inspect
 import json
 import logging
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import models as bench_models  # noqa: E402
-from bench.run_all import evaluate_run, git_commit, run_l2  # noqa: E402
+from bench.run_all import evaluate_run, git_commit, machine_description, run_l2  # noqa: E402
 from compression_core.config import CompressionConfig  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -43,6 +42,18 @@ BASE = {
     "mnist_cnn": dict(batch_size=32),
     "efficientnet_lite0": dict(batch_size=8, holdout_fraction=0.1),
 }
+
+
+def load_subject(name: str, overrides: dict | None = None, probe: bool = False) -> bench_models.Subject:
+    """A bench subject with this module's data arguments, its model in float eval mode; the Fashion-MNIST
+    probe panel only when asked for (a subject that has one fits it when built)."""
+    factory = bench_models.SUBJECTS[name]
+    args = {**SUBJECT_ARGS[name], **(overrides or {})}
+    if "probe" in inspect.signature(factory).parameters:
+        args.setdefault("probe", probe)
+    subject = factory(**args)
+    subject.model = subject.model.float().eval()
+    return subject
 
 
 def parse_overrides(text: str) -> dict:
@@ -80,12 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     bench_models.set_threads()
     args.out.mkdir(parents=True, exist_ok=True)
     journal = args.out / "ablation.jsonl"
-    machine = f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, {platform.platform()}"
+    machine = machine_description()
     for name in args.models:
-        subject = bench_models.SUBJECTS[name](**{**SUBJECT_ARGS[name], **subject_overrides})
-        subject.model = subject.model.float().eval()
-        if not args.probe:
-            subject.evaluations = {k: v for k, v in subject.evaluations.items() if "probe" not in k}
+        subject = load_subject(name, subject_overrides, probe=args.probe)
         for variant, overrides in args.variant:
             config = CompressionConfig.from_dict({**BASE[name], **parse_overrides(overrides)})
             for target in args.targets:

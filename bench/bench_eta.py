@@ -14,18 +14,16 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
-
-import torch
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import models as bench_models  # noqa: E402
 from bench.ablation import BASE, SUBJECT_ARGS, git_commit  # noqa: E402
+from bench.run_all import machine_description  # noqa: E402
 from compression_core import compress  # noqa: E402
 from compression_core.config import CompressionConfig  # noqa: E402
 from worker.progress import ProgressWriter  # noqa: E402
@@ -95,7 +93,7 @@ def main() -> None:
         "command": " ".join(sys.argv),
         "commit": git_commit(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, {platform.platform()}",
+        "machine": machine_description(),
         "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "model": args.model,
         "runs": runs,

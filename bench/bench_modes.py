@@ -18,8 +18,6 @@ import argparse
 import contextlib
 import datetime as dt
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -32,8 +30,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import models as bench_models  # noqa: E402
-from bench.ablation import BASE, SUBJECT_ARGS, parse_overrides  # noqa: E402
-from bench.run_all import evaluate_run, git_commit, run_l2  # noqa: E402
+from bench.ablation import BASE, SUBJECT_ARGS, load_subject, parse_overrides  # noqa: E402
+from bench.run_all import evaluate_run, git_commit, machine_description, run_l2  # noqa: E402
 from compression_core.config import CompressionConfig  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -73,9 +71,7 @@ def peak_memory() -> Iterator[dict]:
 def run_mode(model: str, mode: str, target: float) -> dict:
     """One compression and its scores, in this process (the parent runs each mode in a fresh one)."""
     bench_models.set_threads()
-    subject = bench_models.SUBJECTS[model](**SUBJECT_ARGS[model])
-    subject.model = subject.model.float().eval()
-    subject.evaluations = {k: v for k, v in subject.evaluations.items() if "probe" not in k}
+    subject = load_subject(model)
     config = CompressionConfig.from_dict({**BASE[model], **parse_overrides(MODES[mode][1])})
     with tempfile.TemporaryDirectory() as tmp, peak_memory() as memory:
         run = run_l2(subject, target, config, torch.device("cpu"), Path(tmp))
@@ -199,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
             "rows": rows,
             "commit": git_commit(),
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "machine": f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, {platform.platform()}",
+            "machine": machine_description(),
             "command": " ".join(["bench/bench_modes.py", *(argv if argv is not None else sys.argv[1:])]),
         }
     )

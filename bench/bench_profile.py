@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ from torch.func import functional_call  # noqa: E402
 
 from bench import models as bench_models  # noqa: E402
 from bench.ablation import SUBJECT_ARGS, git_commit  # noqa: E402
+from bench.run_all import machine_description  # noqa: E402
 from compression_core import compress  # noqa: E402
 from compression_core.config import CompressionConfig  # noqa: E402
 from compression_core.recon.allocation import initial_bits  # noqa: E402
@@ -142,7 +141,7 @@ def main() -> None:
         "iteration_s": breakdown,
         "commit": git_commit(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, {platform.platform()}",
+        "machine": machine_description(),
         "command": " ".join(sys.argv),
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -247,6 +247,11 @@ def bench_subject(
     }
 
 
+def machine_description() -> str:
+    """The machine line every results file records: cores, torch threads, platform."""
+    return f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, {platform.platform()}"
+
+
 def git_commit() -> str:
     """HEAD of the tree the bench runs in, marked ``+uncommitted`` when tracked files differ from it."""
     try:
