@@ -115,6 +115,7 @@ def plan_compression(
     candidates: int,
     batchnorm_samples: float,
     holdout_samples: int,
+    batchnorm_builds: float = 0.0,
     block_iters: int = 0,
     blocks: int = 0,
     optimize_samples: int = 0,
@@ -136,6 +137,7 @@ def plan_compression(
         "selection_samples": selection_samples,
         "candidates": candidates,
         "batchnorm_samples": batchnorm_samples,
+        "batchnorm_builds": batchnorm_builds,
         "holdout_samples": holdout_samples,
         "gptq": gptq,
         "block_iters": block_iters,
@@ -174,6 +176,6 @@ def revise(timeline: Timeline) -> None:
         schedule=plan["iterations"] * iteration,
         land_final=final_landing,
         select=plan["candidates"] * (plan["selection_samples"] * sample + build),
-        batchnorm=plan["batchnorm_samples"] * sample,
+        batchnorm=plan["batchnorm_samples"] * sample + plan["batchnorm_builds"] * build,
         evaluate=2.0 * plan["holdout_samples"] * sample,
     )

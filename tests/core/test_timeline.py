@@ -65,6 +65,7 @@ def _plan(**changes):
         selection_samples=20,
         candidates=3,
         batchnorm_samples=600,
+        batchnorm_builds=2,
         holdout_samples=30,
     )
     return plan_compression(**{**settings, **changes}, clock=Clock())
@@ -82,7 +83,7 @@ def test_measured_unit_costs_size_every_pending_stage():
     assert timeline.expected["schedule"] == pytest.approx(100 * (3 * 8 * 0.01 + 0.5 * 2.0))
     assert timeline.expected["hessians"] == pytest.approx(128 * 0.1)
     assert timeline.expected["select"] == pytest.approx(3 * (20 * 0.01 + 2.0))
-    assert timeline.expected["batchnorm"] == pytest.approx(600 * 0.01)
+    assert timeline.expected["batchnorm"] == pytest.approx(600 * 0.01 + 2 * 2.0)
 
 
 def test_block_wise_reconstruction_is_planned_between_the_rounding_and_the_schedule():
