@@ -80,6 +80,9 @@ class CompressionOptions(_Strict):
         None, ge=0, le=1_048_576, description="block-wise: MiB of activations held in memory; beyond, a temp file"
     )
     feature_modules: list[str] | None = None
+    augment: bool | None = Field(
+        None, description="gradient phases: re-crop and flip every image batch (needs image calibration data)"
+    )
     feature_weight: float | None = Field(None, ge=0)
     bn_recalibration: bool | None = None
     bn_statistics_precision: float | None = Field(

@@ -57,8 +57,17 @@ def load_subject(name: str, overrides: dict | None = None, probe: bool = False) 
 
 
 def parse_overrides(text: str) -> dict:
+    """``key=value,key=value`` with JSON values; commas inside a JSON list or object do not split
+    (``feature_modules=["blocks.2","blocks.4"]``)."""
     out = {}
-    for item in filter(None, text.split(",")):
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    for item in filter(None, items):
         key, _, value = item.partition("=")
         try:
             out[key] = json.loads(value)

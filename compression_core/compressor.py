@@ -30,6 +30,7 @@ from compression_core.model_io import (
 )
 from compression_core.progress import CancelCheck, ProgressCallback
 from compression_core.recon.allocation import initial_bits, sensitivity_steps
+from compression_core.recon.augment import is_image_batch
 from compression_core.recon.batchnorm import correct_batchnorm, has_batchnorm, recalibrate_batchnorm
 from compression_core.recon.blockwise import BlockSettings, find_blocks, reconstruct
 from compression_core.recon.bn_statistics import (
@@ -129,6 +130,11 @@ def compress(
     config = config or CompressionConfig()
     if not (target_ratio > 1.0 and np.isfinite(target_ratio)):
         raise ConfigError(f"target_ratio={target_ratio!r} is invalid: must be a finite number > 1")
+    if config.augment and not is_image_batch(calibration):
+        raise ConfigError(
+            "augment=true re-crops image batches: it needs the calibration inputs as one float tensor of shape "
+            "(N, C, H, W); leave augment off for these inputs"
+        )
     device = torch.device(device)
     torch.manual_seed(config.seed)
     n = num_samples(calibration)

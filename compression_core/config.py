@@ -43,6 +43,8 @@ class CompressionConfig:
     teacher output, on QDrop's input mix (``block_input_mix``: each input element the teacher's with this
     probability, else the compressed network's); ``block_modules`` (fnmatch patterns of module names)
     replaces the automatic blocks; activations beyond ``block_cache_mb`` MiB go to a temporary file.
+    ``augment``: the gradient phases see every image batch randomly re-cropped and flipped, the teacher run on
+    the same batch (`recon/augment.py`); needs image calibration inputs (one N×C×H×W float tensor).
     ``holdout_fraction`` of the calibration samples is never used for optimization, only to report accuracy.
     ``output_keys``: which named outputs (dict / ModelOutput entries, e.g. ``("last_hidden_state",)``) the
     distillation distance compares; empty means every floating-point output. Token outputs count only real
@@ -75,6 +77,7 @@ class CompressionConfig:
     sensitivity_batches: int = 16
     sensitivity_exponent: float = 0.5
     feature_modules: tuple[str, ...] = ()
+    augment: bool = False
     feature_weight: float = 1.0
     output_keys: tuple[str, ...] = ()
     bn_recalibration: bool = True

@@ -18,6 +18,7 @@ from torch.func import functional_call
 from compression_core.config import CompressionConfig
 from compression_core.model_io import Inputs, call_model, float_outputs, num_samples, select, to_device
 from compression_core.progress import CancelCheck, CompressionCanceled, ProgressCallback, ProgressEvent
+from compression_core.recon.augment import crop_and_flip
 from compression_core.recon.budget import Budget
 from compression_core.recon.capture import FeatureCapture
 from compression_core.recon.losses import distillation_distance
@@ -78,11 +79,12 @@ class Teacher:
         batch_size: int,
         capture: FeatureCapture | None,
         output_keys: tuple[str, ...] = (),
+        cached: bool = True,
     ) -> None:
         self.model, self.inputs, self.device, self.capture = model, inputs, device, capture
         self.output_keys = output_keys
         self.cache: list[torch.Tensor] | None = None
-        if capture is None:
+        if capture is None and cached:
             probe = self._run(select(inputs, slice(0, 1)))
             per_sample = sum(t.numel() for t in probe)
             if per_sample * num_samples(inputs) <= TEACHER_CACHE_ELEMENTS:
@@ -102,6 +104,10 @@ class Teacher:
         if self.cache is not None:
             return [t[index.to(t.device)] for t in self.cache]
         return self._run(select(self.inputs, index))
+
+    def outputs_of(self, batch: Inputs) -> list[torch.Tensor]:
+        """Outputs for inputs that are not among the calibration samples (an augmented batch)."""
+        return self._run(batch)
 
 
 def _student_outputs(
@@ -190,7 +196,8 @@ def run_schedule(
     """Optimize ``state`` in place. ``side_bytes()`` re-estimates the non-payload bytes of the file."""
     n = num_samples(inputs)
     capture = FeatureCapture(model, config.feature_modules) if config.feature_modules else None
-    teacher = Teacher(model, inputs, device, config.batch_size, capture, config.output_keys)
+    # With augmentation every batch is new: the teacher runs on it, and caching its calibration outputs is waste.
+    teacher = Teacher(model, inputs, device, config.batch_size, capture, config.output_keys, cached=not config.augment)
     gen = torch.Generator().manual_seed(config.seed)
     transform_opt = torch.optim.Adam(state.transform_parameters(), lr=config.transform_lr)
     weight_groups = state.weight_param_groups(config.weight_lr)
@@ -208,8 +215,12 @@ def run_schedule(
                 for it in range(iters):
                     reporter.check_cancel()
                     index = torch.randint(0, n, (min(config.batch_size, n),), generator=gen)
-                    target = teacher.outputs(index)
                     batch = select(inputs, index)
+                    if config.augment:
+                        batch = crop_and_flip(batch, gen)
+                        target = teacher.outputs_of(batch)
+                    else:
+                        target = teacher.outputs(index)
                     distortion, rate = _distortion_and_rate(model, state, batch, target, device, capture, config)
                     side = side_bytes()
                     bits_budget = budget.payload_bits(side)
