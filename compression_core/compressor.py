@@ -537,22 +537,24 @@ def _batchnorm_pieces(n_train: int) -> dict[str, tuple[float, float]]:
     """The BatchNorm stage's pieces in the order `_maybe_recalibrate` runs them, each as (sample forwards,
     ratio-controller builds) it costs: the stage's estimate and its own progress both come from them.
 
-    Measured on EfficientNet-Lite0 (2 cores, 2026-12-05; 230 optimization samples, a timed forward 12.2 ms a
-    sample): an output pass took 1.15 forwards a sample, re-estimation in training mode 1.6, the correction's
-    teacher pass and one-batch student pass 2.5 for each of its 2 × 64 samples (the 64-sample batch is slow),
-    a recode (statistics coded, file measured, decoded) about a build. The former flat 1.3 per pass priced the
-    stage at 12–17 s where it took 16–22."""
+    Timed on EfficientNet-Lite0 (2 cores, 2026-12-05; 230 optimization samples): per sample, re-estimation in
+    training mode took 1.4× an output pass, the correction's teacher pass and one-batch student pass 2.2× for
+    each of its 2 × 64 samples (the 64-sample batch is slow), a recode (statistics coded, file measured,
+    decoded) about a build. Priced with an output pass at 1.15 timed forwards (that run's ratio) the stage took
+    0.74–1.0 of its price in six runs; the weights here are scaled by their mean, 0.85. The former flat 1.3
+    forwards per training-mode pass was 20–30 % low in most runs; the stage's own pace corrects either way once
+    it starts."""
     probe, corrected = min(n_train, 512), min(n_train, 64)
     return {
         "start": (0.0, 0.0),
-        "reference": (1.15 * probe, 0.0),
-        "before": (1.15 * probe, 0.0),
-        "recalibrated": (1.6 * n_train, 0.0),
+        "reference": (probe, 0.0),
+        "before": (probe, 0.0),
+        "recalibrated": (1.35 * n_train, 0.0),
         "recalibrated_recode": (0.0, 1.0),
-        "recalibrated_distance": (1.15 * probe, 0.0),
-        "corrected": (2.5 * 2 * corrected, 0.0),
+        "recalibrated_distance": (probe, 0.0),
+        "corrected": (2.1 * 2 * corrected, 0.0),
         "corrected_recode": (0.0, 1.0),
-        "corrected_distance": (1.15 * probe, 0.0),
+        "corrected_distance": (probe, 0.0),
     }
 
 
