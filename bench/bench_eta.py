@@ -134,12 +134,12 @@ def render(history: list[dict]) -> str:
             )
     lines += ["", f"Machine: {history[-1]['machine']}.", ""]
     latest = history[-1]
-    for run in latest["runs"]:
+    for number, run in enumerate(latest["runs"], start=1):
         if not run.get("stages"):
             continue
         lines += [
-            f"Stages of the latest {run['preset']} run ({latest['commit']}): seconds taken against the estimate "
-            "made when the stage began.",
+            f"Stages of run {number} ({run['preset']}) of the latest command ({latest['commit']}): seconds taken "
+            "against the estimate made when the stage began.",
             "",
             "| stage | seconds | estimated at its start |",
             "|---|---:|---:|",
