@@ -108,7 +108,13 @@ def main() -> None:
         print(rows[-1])
     import torch
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bench.run_all import git_commit, machine_description
+
     env = {
+        "commit": git_commit(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine_description": machine_description(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu_threads": torch.get_num_threads(),
@@ -122,6 +128,8 @@ def main() -> None:
     out.with_suffix(".json").write_text(json.dumps({"env": env, "rows": rows}, indent=2))
     lines = [
         f"# Differentiable counter: forward + backward ({args.device})",
+        "",
+        f"Commit {env['commit']}, {env['date']}; machine: {env['machine_description']}.",
         "",
         f"Environment: {env}",
         "",

@@ -32,6 +32,7 @@ from compression_core.coding.reader import L2Reader  # noqa: E402
 from compression_core.coding.values import gather_values, tensor_crc, value_table  # noqa: E402
 from compression_core.records import ArtifactContents, CodedTensor, StoredTensor  # noqa: E402
 from compression_core.report import empirical_entropy_bits  # noqa: E402
+from bench.run_all import git_commit, machine_description  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -171,6 +172,9 @@ def main(argv: list[str] | None = None) -> dict:
     overhead = file_bytes - stored
     report = {
         "environment": {
+            "commit": git_commit(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine_description": machine_description(),
             "python": platform.python_version(),
             "torch": torch.__version__,
             "numpy": np.__version__,
@@ -211,6 +215,9 @@ def render(r: dict, argv: list[str] | None) -> str:
     a, e, d = r["artifact"], r["encode"], r["decode"]
     lines = [
         "# .l2 codec: encode / decode throughput (ResNet-18-sized artifact)",
+        "",
+        f"Commit {r['environment']['commit']}, {r['environment']['date']}; machine: "
+        f"{r['environment']['machine_description']}.",
         "",
         f"Environment: {r['environment']}",
         "",
