@@ -85,6 +85,9 @@ class CompressionOptions(_Strict):
     )
     feature_weight: float | None = Field(None, ge=0)
     bn_recalibration: bool | None = None
+    bn_correction_chunk: int | None = Field(
+        None, ge=0, le=4096, description="BN bias correction: samples per pass (lower memory peak); 0 = all 64 at once"
+    )
     bn_statistics_precision: float | None = Field(
         None,
         ge=0,

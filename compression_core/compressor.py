@@ -586,7 +586,9 @@ def _maybe_recalibrate(model, decoded, train_inputs, config, device, advance, re
         if kind == "recalibrated":
             recalibrate_batchnorm(adjusted, train_inputs, config.batch_size, device)
         else:
-            correct_batchnorm(adjusted, reference, train_inputs, config.batch_size, device)
+            correct_batchnorm(
+                adjusted, reference, train_inputs, config.batch_size, device, chunk=config.bn_correction_chunk
+            )
         advance(kind)
         recoded = recode(adjusted.state_dict())
         advance(f"{kind}_recode")

@@ -43,6 +43,8 @@ class CompressionConfig:
     teacher output, on QDrop's input mix (``block_input_mix``: each input element the teacher's with this
     probability, else the compressed network's); ``block_modules`` (fnmatch patterns of module names)
     replaces the automatic blocks; activations beyond ``block_cache_mb`` MiB go to a temporary file.
+    ``bn_correction_chunk`` > 0 runs the BatchNorm bias correction's 64 samples that many at a time (a running
+    average, `recon/batchnorm.correct_batchnorm`): a lower memory peak for a slightly less exact correction.
     ``augment``: the gradient phases see every image batch randomly re-cropped and flipped, the teacher run on
     the same batch (`recon/augment.py`); needs image calibration inputs (one N×C×H×W float tensor).
     ``holdout_fraction`` of the calibration samples is never used for optimization, only to report accuracy.
@@ -81,6 +83,7 @@ class CompressionConfig:
     feature_weight: float = 1.0
     output_keys: tuple[str, ...] = ()
     bn_recalibration: bool = True
+    bn_correction_chunk: int = 0
     bn_statistics_precision: float = 1.0
     holdout_fraction: float = 0.2
     min_coded_numel: int = 64
@@ -121,6 +124,7 @@ class CompressionConfig:
         need(0.0 <= self.block_input_mix <= 1.0, "block_input_mix", "must be in [0, 1]")
         need(self.block_cache_mb >= 0, "block_cache_mb", "must be ≥ 0 (0 keeps every activation on disk)")
         need(self.bn_statistics_precision >= 0, "bn_statistics_precision", "must be ≥ 0 (0 stores them as fp32)")
+        need(self.bn_correction_chunk >= 0, "bn_correction_chunk", "must be ≥ 0 (0 runs the 64 samples as one batch)")
         need(self.sensitivity_batches >= 1, "sensitivity_batches", "must be ≥ 1")
         need(0.0 <= self.sensitivity_exponent <= 1.0, "sensitivity_exponent", "must be in [0, 1] (½: steps ∝ 1/√h)")
         need(0.0 <= self.holdout_fraction < 1.0, "holdout_fraction", "must be in [0, 1)")

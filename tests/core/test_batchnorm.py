@@ -71,3 +71,24 @@ def test_re_estimation_on_unrepresentative_samples_moves_even_the_unquantized_mo
     recalibrated = copy.deepcopy(teacher)
     recalibrate_batchnorm(recalibrated, x, batch_size=16, device=torch.device("cpu"))
     assert _distance(recalibrated, teacher, x) > 0.05
+
+
+def test_correction_in_chunks_approximates_the_single_batch_and_still_corrects():
+    """A bounded-memory correction (16 samples a pass) lands near the exact one (all 64 in one batch) and
+    keeps most of its gain; one chunk holding every sample is the exact correction, bit for bit."""
+    teacher = _net()
+    x = torch.randn(96, 3, 12, 12) * 0.5 + 0.3
+    student = _quantized(teacher, levels=3)
+    cpu = torch.device("cpu")
+    exact, chunked, whole = copy.deepcopy(student), copy.deepcopy(student), copy.deepcopy(student)
+    correct_batchnorm(exact, teacher, x, batch_size=16, device=cpu)
+    correct_batchnorm(chunked, teacher, x, batch_size=16, device=cpu, chunk=16)
+    correct_batchnorm(whole, teacher, x, batch_size=16, device=cpu, chunk=64)
+    before, after_exact = _distance(student, teacher, x), _distance(exact, teacher, x)
+    after_chunked = _distance(chunked, teacher, x)
+    assert after_chunked < before - 0.8 * (before - after_exact)
+    for s, e, c, w in zip(student.modules(), exact.modules(), chunked.modules(), whole.modules(), strict=True):
+        if isinstance(e, nn.BatchNorm2d):
+            assert torch.equal(e.running_mean, w.running_mean)
+            exact_shift, chunked_shift = e.running_mean - s.running_mean, c.running_mean - s.running_mean
+            assert (chunked_shift - exact_shift).abs().max() <= 0.25 * exact_shift.abs().max()
