@@ -74,10 +74,13 @@ def test_re_estimation_on_unrepresentative_samples_moves_even_the_unquantized_mo
 
 
 def test_correction_in_chunks_approximates_the_single_batch_and_still_corrects():
-    """A bounded-memory correction (16 samples a pass) lands near the exact one (all 64 in one batch) and
-    keeps most of its gain; one chunk holding every sample is the exact correction, bit for bit."""
+    """A bounded-memory correction (16 samples a pass) lands near the exact one (all 64 in one batch) even when
+    the chunks differ from each other (here each has its own brightness: measured against the teacher's mean
+    over all 64, a chunk's own offset leaked into the shifts); one chunk holding every sample is the exact
+    correction, bit for bit."""
     teacher = _net()
-    x = torch.randn(96, 3, 12, 12) * 0.5 + 0.3
+    offsets = torch.tensor([0.0, 0.6, -0.3, 0.3, 0.1, 0.2]).repeat_interleave(16)
+    x = torch.randn(96, 3, 12, 12) * 0.5 + offsets[:, None, None, None]
     student = _quantized(teacher, levels=3)
     cpu = torch.device("cpu")
     exact, chunked, whole = copy.deepcopy(student), copy.deepcopy(student), copy.deepcopy(student)
@@ -91,4 +94,4 @@ def test_correction_in_chunks_approximates_the_single_batch_and_still_corrects()
         if isinstance(e, nn.BatchNorm2d):
             assert torch.equal(e.running_mean, w.running_mean)
             exact_shift, chunked_shift = e.running_mean - s.running_mean, c.running_mean - s.running_mean
-            assert (chunked_shift - exact_shift).abs().max() <= 0.25 * exact_shift.abs().max()
+            assert (chunked_shift - exact_shift).abs().max() <= 0.05 * exact_shift.abs().max()
