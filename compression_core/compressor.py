@@ -9,6 +9,7 @@ model on held-out samples.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 import statistics
@@ -368,14 +369,16 @@ def compress(
         fitted = _fit_statistics(replace_stored(contents, stored), statistics, values, budget.target_file_bytes)
         return None if fitted is None else (*fitted, decode_state_dict(fitted[0], original_sd))
 
+    sample, build = timeline.unit("sample", 0.0), timeline.unit("build", 0.0)
+    piece_seconds = [samples * sample + builds * build for samples, builds in batchnorm_pieces.values()]
+    done_by_piece = dict(zip(batchnorm_pieces, itertools.accumulate(piece_seconds), strict=True))
+    stage_seconds = max(sum(piece_seconds), 1e-9)
+
     def advance(piece: str) -> None:
-        """Tell the progress estimate how far the stage is, by the priced share of its pieces done (its own
-        pace then takes over from the up-front estimate, which underpriced it by a fifth or more)."""
-        sample, build = timeline.unit("sample", 0.0), timeline.unit("build", 0.0)
-        costs = [samples * sample + builds * build for samples, builds in batchnorm_pieces.values()]
-        done = sum(costs[: list(batchnorm_pieces).index(piece) + 1])
+        """Tell the progress estimate how far the stage is, by the priced share of its pieces done, so that the
+        stage's own pace takes over from its up-front price."""
         # A first report just above 0 at the start makes the pace count from the stage's first piece.
-        within = 1e-6 if piece == "start" else done / max(sum(costs), 1e-9)
+        within = 1e-6 if piece == "start" else done_by_piece[piece] / stage_seconds
         reporter.emit("bn_recalibration", 0, timeline.fraction(within), message="recalibrating BatchNorm statistics")
 
     decoded_model, bn_note, recoded = _maybe_recalibrate(

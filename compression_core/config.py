@@ -44,7 +44,8 @@ class CompressionConfig:
     probability, else the compressed network's); ``block_modules`` (fnmatch patterns of module names)
     replaces the automatic blocks; activations beyond ``block_cache_mb`` MiB go to a temporary file.
     ``bn_correction_chunk`` > 0 runs the BatchNorm bias correction's 64 samples that many at a time (a running
-    average, `recon/batchnorm.correct_batchnorm`): a lower memory peak for a slightly less exact correction.
+    average, `recon/batchnorm.correct_batchnorm`): a lower memory peak for a less exact correction, which on
+    EfficientNet-Lite0 kept little of the single batch's gain (docs/method.md).
     ``augment``: the gradient phases see every image batch randomly re-cropped and flipped, the teacher run on
     the same batch (`recon/augment.py`); needs image calibration inputs (one N×C×H×W float tensor).
     ``holdout_fraction`` of the calibration samples is never used for optimization, only to report accuracy.

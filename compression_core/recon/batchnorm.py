@@ -118,7 +118,7 @@ def correct_batchnorm(
             if index in target:
                 seen = differences.setdefault(index, [])
                 seen.append((args[0].shape[0], _channel_mean(args[0]) - target[index]))
-                if len(seen) == 1:
+                if len(seen) == 1:  # as measured: one chunk of all the samples is the exact correction, bit for bit
                     shift = seen[0][1]
                 else:
                     shift = sum(n * d for n, d in seen) / sum(n for n, _ in seen)
