@@ -43,6 +43,11 @@ class CompressionConfig:
     teacher output, on QDrop's input mix (``block_input_mix``: each input element the teacher's with this
     probability, else the compressed network's); ``block_modules`` (fnmatch patterns of module names)
     replaces the automatic blocks; activations beyond ``block_cache_mb`` MiB go to a temporary file.
+    ``bn_recalibration``: the BatchNorm stage after the weights are chosen (re-estimated or bias-corrected
+    statistics, kept when they lower the distance; `recon/batchnorm.py`). None (the default) runs it only when
+    the weights written were rounded to nearest: GPTQ's rounding already compensates each layer's output shift
+    on the calibration inputs, and on EfficientNet-Lite0 the stage bought nothing measurable after it for a
+    third of ``fast``'s time (docs/method.md); True always, False never.
     ``bn_correction_chunk`` > 0 runs the BatchNorm bias correction's 64 samples that many at a time (a running
     average, `recon/batchnorm.correct_batchnorm`): a lower memory peak for a less exact correction, which on
     EfficientNet-Lite0 kept little of the single batch's gain (docs/method.md).
@@ -83,7 +88,7 @@ class CompressionConfig:
     augment: bool = False
     feature_weight: float = 1.0
     output_keys: tuple[str, ...] = ()
-    bn_recalibration: bool = True
+    bn_recalibration: bool | None = None
     bn_correction_chunk: int = 0
     bn_statistics_precision: float = 1.0
     holdout_fraction: float = 0.2
@@ -124,6 +129,7 @@ class CompressionConfig:
         need(self.block_lr > 0, "block_lr", "must be > 0 (levels per step)")
         need(0.0 <= self.block_input_mix <= 1.0, "block_input_mix", "must be in [0, 1]")
         need(self.block_cache_mb >= 0, "block_cache_mb", "must be ≥ 0 (0 keeps every activation on disk)")
+        need(self.bn_recalibration in (None, True, False), "bn_recalibration", "true, false or null (automatic)")
         need(self.bn_statistics_precision >= 0, "bn_statistics_precision", "must be ≥ 0 (0 stores them as fp32)")
         need(self.bn_correction_chunk >= 0, "bn_correction_chunk", "must be ≥ 0 (0 runs the 64 samples as one batch)")
         need(self.sensitivity_batches >= 1, "sensitivity_batches", "must be ≥ 1")

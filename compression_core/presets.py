@@ -4,7 +4,7 @@ What each runs, and what it costs on EfficientNet-Lite0 (4.65 M weights) on 2 CP
 `bench/results/ablation.md` and `bench/results/peers.md`; docs/method.md explains the choices.
 
 - ``fast``: per-tensor steps from the measured sensitivity (16 probe batches), GPTQ rounding under them, no
-  gradient phase.
+  gradient phase (and, after GPTQ, no BatchNorm stage: `CompressionConfig.bn_recalibration`).
 - ``balanced``: the same, with one round of 60 transform-learning iterations (steps and dead zones) before the
   rounding; written only if it beats the start on samples it never trained on.
 - ``paper``: the reference schedule of the L² paper's public code, 3 × (300 transform + 1,000 weight

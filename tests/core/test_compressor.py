@@ -118,14 +118,30 @@ def test_batchnorm_stage_reports_its_own_progress(digits):
     instead of an up-front price (which was a fifth too low on EfficientNet-Lite0)."""
     model, split = digits
     events = []
-    result = compress(
-        model, split.train_x[:128], 10.0, config=CompressionConfig.from_dict({"preset": "fast"}), progress=events.append
-    )
+    config = CompressionConfig.from_dict({"preset": "fast", "bn_recalibration": True})
+    result = compress(model, split.train_x[:128], 10.0, config=config, progress=events.append)
     assert result.evaluation["batchnorm_recalibration"]["applied"]
     in_stage = [e.fraction for e in events if e.phase == "bn_recalibration"]
     assert len(in_stage) == 9  # the start and each of its eight pieces
     assert all(0.0 < f < 1.0 for f in in_stage)
     assert "batchnorm" in result.evaluation["stages"]
+
+
+def test_batchnorm_stage_runs_by_default_only_on_weights_rounded_to_nearest(digits):
+    """GPTQ already compensates the output shifts the stage would correct, so by default it is skipped (and not
+    priced) after GPTQ rounding, and still runs on the rounded-to-nearest start."""
+    model, split = digits
+    events = []
+    fast = CompressionConfig.from_dict({"preset": "fast"})
+    gptq = compress(model, split.train_x[:128], 10.0, config=fast, progress=events.append)
+    assert gptq.evaluation["selection"]["kept"] != "start"
+    note = gptq.evaluation["batchnorm_recalibration"]
+    assert not note["applied"] and "GPTQ" in note["skipped"]
+    assert not [e for e in events if e.phase == "bn_recalibration"]
+    assert gptq.evaluation["stages"]["batchnorm"]["estimated"] == 0.0
+    nearest = compress(model, split.train_x[:128], 10.0, config=CompressionConfig(rounds=0, rounding="nearest"))
+    assert nearest.evaluation["batchnorm_recalibration"]["applied"]
+    assert "distance_before" in nearest.evaluation["batchnorm_recalibration"]
 
 
 def test_original_model_is_not_modified(digits):
