@@ -162,6 +162,40 @@ def gptq_layers(model: nn.Module, names) -> dict[str, nn.Module]:
     return layers
 
 
+def _hessian_shape(module: nn.Module) -> tuple[int, int]:
+    """(groups, K) of the layer's H, as `_grouped_columns` forms it: K inputs of a group multiply each output."""
+    if isinstance(module, nn.Linear):
+        return 1, module.weight.shape[1]
+    return module.groups, module.weight[0].numel()  # (C_in / groups) · kernel positions
+
+
+@torch.no_grad()
+def estimate_rounding_seconds(
+    model: nn.Module,
+    targets: dict[str, tuple[torch.Tensor, Transform]],
+    damping: float = DEFAULT_DAMPING,
+    rate_weight: float = 0.0,
+    stride: int = 8,
+) -> float:
+    """What one GPTQ rounding of ``targets`` will take on this machine, known before the Hessian pass (which a
+    progress estimate must see past): every ``stride``-th layer rounded under H = I, nothing written, the time
+    scaled by the columns. The column loop is Python-overhead bound, so its time does not depend on H's
+    values; a fixed per-column constant was 3–6× off across machines."""
+    layers = gptq_layers(model, targets)
+    names = list(layers)[stride // 2 :: stride] or list(layers)[:1]
+    if not names:
+        return 0.0
+    t0 = time.monotonic()
+    for name in names:
+        groups, k = _hessian_shape(layers[name])
+        original = targets[name][0]
+        identity = torch.eye(k, device=original.device).expand(groups, k, k).contiguous()
+        gptq_round(original, identity, column_quantizer(targets[name][1], rate_weight, original), damping)
+    sampled = sum(_hessian_shape(layers[n])[1] for n in names)
+    columns = sum(_hessian_shape(m)[1] for m in layers.values())
+    return (time.monotonic() - t0) * columns / max(1, sampled)
+
+
 def column_quantizer(
     transform: Transform, rate_weight: float = 0.0, reference: torch.Tensor | None = None
 ) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -234,8 +268,6 @@ class GptqRounder:
         self.hessians = layer_hessians(model, layers, inputs, batch_size, device, max_samples, on_batch)
         self.originals = {name: targets[name][0].detach().clone() for name in self.hessians}
         self.targets = targets
-        # Weight columns one rounding visits one by one: what its time grows with.
-        self.columns = sum(h.shape[1] for h in self.hessians.values())
         log.info("GPTQ rounding for %d of %d coded weights", len(self.hessians), len(targets))
 
     def take_current_weights(self) -> None:
@@ -247,20 +279,6 @@ class GptqRounder:
         """Overwrite each latent weight with the GPTQ rounding of its original under its transform."""
         for name in self.hessians:
             self.targets[name][0].copy_(self._rounded(name))
-
-    @torch.no_grad()
-    def seconds_per_rounding(self, stride: int = 8) -> float:
-        """What one `round_into` will take, from timing every ``stride``-th layer's rounding (nothing is
-        written) scaled by the columns: a progress estimate's unit cost before the first landing. A fixed
-        per-column constant was 3–6× off across machines (its column loop is Python-overhead bound)."""
-        names = list(self.hessians)[stride // 2 :: stride] or list(self.hessians)[:1]
-        if not names:
-            return 0.0
-        t0 = time.monotonic()
-        for name in names:
-            self._rounded(name)
-        sampled = sum(self.hessians[n].shape[1] for n in names)
-        return (time.monotonic() - t0) * self.columns / max(1, sampled)
 
     def _rounded(self, name: str) -> torch.Tensor:
         original = self.originals[name]
