@@ -86,8 +86,8 @@ class CompressionOptions(_Strict):
     feature_weight: float | None = Field(None, ge=0)
     bn_recalibration: bool | None = Field(
         None,
-        description="BatchNorm statistics stage: true always, false never; omitted, only when the weights written "
-        "were rounded to nearest (GPTQ rounding already compensates the shifts it corrects)",
+        description="BatchNorm statistics stage: true always, false never; omitted, the preset's choice (fast runs it "
+        "only on weights rounded to nearest: GPTQ rounding already compensates the shifts it corrects)",
     )
     bn_correction_chunk: int | None = Field(
         None, ge=0, le=4096, description="BN bias correction: samples per pass (lower memory peak); 0 = all 64 at once"

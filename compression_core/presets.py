@@ -4,9 +4,10 @@ What each runs, and what it costs on EfficientNet-Lite0 (4.65 M weights) on 2 CP
 `bench/results/ablation.md` and `bench/results/peers.md`; docs/method.md explains the choices.
 
 - ``fast``: per-tensor steps from the measured sensitivity (16 probe batches), GPTQ rounding under them, no
-  gradient phase (and, after GPTQ, no BatchNorm stage: `CompressionConfig.bn_recalibration`).
+  gradient phase, and after GPTQ no BatchNorm stage (`CompressionConfig.bn_recalibration`: a third of the
+  preset's time for held-out changes within the noise).
 - ``balanced``: the same, with one round of 60 transform-learning iterations (steps and dead zones) before the
-  rounding; written only if it beats the start on samples it never trained on.
+  rounding, written only if it beats the start on samples it never trained on, and the BatchNorm stage.
 - ``paper``: the reference schedule of the L² paper's public code, 3 × (300 transform + 1,000 weight
   iterations) at batch 16, then GPTQ rounding; meant for a GPU.
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 _START = dict(per_channel=False, allocation="sensitivity", sensitivity_batches=16)
 PRESETS: dict[str, dict] = {
-    "fast": dict(_START, rounding="gptq", rounds=0),
+    "fast": dict(_START, rounding="gptq", rounds=0, bn_recalibration=None),
     "balanced": dict(_START, rounding="gptq", rounds=1, transform_iters=60, weight_iters=0),
     "paper": dict(_START, rounding="gptq", rounds=3, transform_iters=300, weight_iters=1000, batch_size=16),
 }

@@ -118,7 +118,7 @@ def test_batchnorm_stage_reports_its_own_progress(digits):
     instead of an up-front price (which was a fifth too low on EfficientNet-Lite0)."""
     model, split = digits
     events = []
-    config = CompressionConfig.from_dict({"preset": "fast", "bn_recalibration": True})
+    config = CompressionConfig.from_dict({"preset": "fast", "bn_recalibration": True})  # fast skips it by default
     result = compress(model, split.train_x[:128], 10.0, config=config, progress=events.append)
     assert result.evaluation["batchnorm_recalibration"]["applied"]
     in_stage = [e.fraction for e in events if e.phase == "bn_recalibration"]
@@ -127,9 +127,9 @@ def test_batchnorm_stage_reports_its_own_progress(digits):
     assert "batchnorm" in result.evaluation["stages"]
 
 
-def test_batchnorm_stage_runs_by_default_only_on_weights_rounded_to_nearest(digits):
-    """GPTQ already compensates the output shifts the stage would correct, so by default it is skipped (and not
-    priced) after GPTQ rounding, and still runs on the rounded-to-nearest start."""
+def test_fast_skips_the_batchnorm_stage_only_after_gptq_rounding(digits):
+    """GPTQ already compensates the output shifts the stage would correct, so ``fast`` skips it (and does not
+    price it) after GPTQ rounding; with rounding to nearest, and in the default preset, it runs."""
     model, split = digits
     events = []
     fast = CompressionConfig.from_dict({"preset": "fast"})
@@ -139,9 +139,10 @@ def test_batchnorm_stage_runs_by_default_only_on_weights_rounded_to_nearest(digi
     assert not note["applied"] and "GPTQ" in note["skipped"]
     assert not [e for e in events if e.phase == "bn_recalibration"]
     assert gptq.evaluation["stages"]["batchnorm"]["estimated"] == 0.0
-    nearest = compress(model, split.train_x[:128], 10.0, config=CompressionConfig(rounds=0, rounding="nearest"))
-    assert nearest.evaluation["batchnorm_recalibration"]["applied"]
-    assert "distance_before" in nearest.evaluation["batchnorm_recalibration"]
+    nearest = CompressionConfig.from_dict({"preset": "fast", "rounding": "nearest"})
+    for config in (nearest, CompressionConfig(rounds=0)):
+        note = compress(model, split.train_x[:128], 10.0, config=config).evaluation["batchnorm_recalibration"]
+        assert note["applied"] and "distance_before" in note
 
 
 def test_original_model_is_not_modified(digits):
