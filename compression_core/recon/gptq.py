@@ -38,6 +38,32 @@ def _grouped_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The layer's input as (groups, K, positions): the columns that multiply the weight's K inputs."""
     if isinstance(module, nn.Linear):
         return x.reshape(-1, x.shape[-1]).t().unsqueeze(0)
+    if isinstance(module, nn.Conv2d) and module.groups == module.in_channels:
+        return _depthwise_columns(module, x)
+    return _unfolded_columns(module, x)
+
+
+def _depthwise_columns(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """`_grouped_columns` of a convolution with one input channel a group, built from the kernel's shifted
+    views in one copy: the same values in the same order as `_unfolded_columns`, whose im2col and regrouping
+    copy took two thirds of EfficientNet-Lite0's Hessian pass (10.7 of 16 s) for its depthwise layers."""
+    (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
+    ph, pw = module.padding if isinstance(module.padding, tuple) else (0, 0)
+    x = F.pad(x, (pw, pw, ph, ph))
+    n, channels, height, width = x.shape
+    out_h = (height - dh * (kh - 1) - 1) // sh + 1
+    out_w = (width - dw * (kw - 1) - 1) // sw + 1
+    span_h, span_w = sh * (out_h - 1) + 1, sw * (out_w - 1) + 1
+    views = [
+        x[:, :, i * dh : i * dh + span_h : sh, j * dw : j * dw + span_w : sw].transpose(0, 1)
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return torch.stack(views, dim=1).reshape(channels, kh * kw, n * out_h * out_w)
+
+
+def _unfolded_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`_grouped_columns` of any convolution, through im2col."""
     if isinstance(module, nn.Conv1d):
         x = x.unsqueeze(2)
         kernel, stride, dilation = (1, module.kernel_size[0]), (1, module.stride[0]), (1, module.dilation[0])

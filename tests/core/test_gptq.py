@@ -4,7 +4,14 @@ import pytest
 import torch
 from torch import nn
 
-from compression_core.recon.gptq import GptqRounder, column_quantizer, estimate_rounding_seconds, gptq_round
+from compression_core.recon.gptq import (
+    GptqRounder,
+    _grouped_columns,
+    _unfolded_columns,
+    column_quantizer,
+    estimate_rounding_seconds,
+    gptq_round,
+)
 from compression_core.transforms import make_transform
 
 
@@ -106,3 +113,19 @@ def test_rate_aware_rounding_spends_fewer_bits_for_a_bounded_error():
     assert error(plain) < error(aware) < 2.0 * error(plain)
     same = gptq_round(weight, hessian, column_quantizer(transform, rate_weight=0.0, reference=weight))
     assert torch.equal(same, plain)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(6, 6, 3, padding=1, groups=6),
+        nn.Conv2d(6, 12, 5, stride=2, padding=2, groups=6),  # depth multiplier 2, stride 2
+        nn.Conv2d(4, 4, (3, 5), stride=(2, 1), padding=(0, 2), dilation=(1, 2), groups=4),
+        nn.Conv2d(1, 3, 3),  # one input channel: groups == in_channels
+    ],
+)
+def test_depthwise_columns_equal_the_im2col_ones(conv):
+    """The depthwise shortcut (shifted views instead of im2col) gives the very same columns, so GPTQ's
+    Hessians and every file written stay bit for bit what they were."""
+    x = torch.randn(3, conv.in_channels, 11, 13)
+    assert torch.equal(_grouped_columns(conv, x), _unfolded_columns(conv, x))
