@@ -186,6 +186,7 @@ def compress(
     # Planned when it will most likely run: with GPTQ rounding, the automatic setting (None) runs the stage
     # only if the rounded-to-nearest start is what gets kept.
     batchnorm_planned = has_batchnorm(work) and _batchnorm_stage_wanted(config, gptq_rounded=config.rounding == "gptq")
+    planned_pieces = list(batchnorm_pieces.values()) if batchnorm_planned else []
     timeline = plan_compression(
         iterations=iterations,
         gptq=config.rounding == "gptq",
@@ -193,8 +194,8 @@ def compress(
         gptq_samples=min(config.gptq_samples, optimize_idx.numel()),
         selection_samples=select_idx.numel(),
         candidates=1 + int(config.rounding == "gptq") + int(iterations > 0),
-        batchnorm_samples=sum(samples for samples, _ in batchnorm_pieces.values()) if batchnorm_planned else 0.0,
-        batchnorm_builds=sum(builds for _, builds in batchnorm_pieces.values()) if batchnorm_planned else 0.0,
+        batchnorm_samples=sum(samples for samples, _ in planned_pieces),
+        batchnorm_builds=sum(builds for _, builds in planned_pieces),
         holdout_samples=holdout_idx.numel(),
         block_iters=config.block_iters,
         blocks=len(find_blocks(work, [p.name for p in coded], config.block_modules)) if config.block_iters else 0,

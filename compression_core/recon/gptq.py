@@ -216,10 +216,17 @@ def estimate_rounding_seconds(
         groups, k = _hessian_shape(layers[name])
         original = targets[name][0]
         identity = torch.eye(k, device=original.device).expand(groups, k, k).contiguous()
-        gptq_round(original, identity, column_quantizer(targets[name][1], rate_weight, original), damping)
+        round_layer(original, targets[name][1], identity, damping, rate_weight)
     sampled = sum(_hessian_shape(layers[n])[1] for n in names)
     columns = sum(_hessian_shape(m)[1] for m in layers.values())
     return (time.monotonic() - t0) * columns / max(1, sampled)
+
+
+def round_layer(
+    original: torch.Tensor, transform: Transform, hessian: torch.Tensor, damping: float, rate_weight: float
+) -> torch.Tensor:
+    """GPTQ rounding of one layer's weight under its transform's levels (rate-aware at ``rate_weight``)."""
+    return gptq_round(original, hessian, column_quantizer(transform, rate_weight, original), damping)
 
 
 def column_quantizer(
@@ -307,6 +314,5 @@ class GptqRounder:
             self.targets[name][0].copy_(self._rounded(name))
 
     def _rounded(self, name: str) -> torch.Tensor:
-        original = self.originals[name]
-        quantize = column_quantizer(self.targets[name][1], self.rate_weight, original)
-        return gptq_round(original, self.hessians[name], quantize, self.damping)
+        transform, hessian = self.targets[name][1], self.hessians[name]
+        return round_layer(self.originals[name], transform, hessian, self.damping, self.rate_weight)
