@@ -65,7 +65,7 @@ class CompressionConfig:
     per_channel: bool = False
     kernel: str = "cosine"
     resolution: float = 64.0
-    rounds: int = 1
+    rounds: int = 0
     transform_iters: int = 60
     weight_iters: int = 0
     batch_size: int = 32
@@ -75,7 +75,7 @@ class CompressionConfig:
     counter_samples: int = 4096
     allocation: str = "sensitivity"
     rounding: str = "gptq"
-    gptq_samples: int = 128
+    gptq_samples: int = 512
     gptq_damping: float = 0.1
     gptq_rate_weight: float = 0.5
     block_iters: int = 0
