@@ -224,7 +224,7 @@ class JobCreate(_Strict):
     preset: Literal["fast", "balanced", "paper"] | None = Field(
         None,
         description="optimizer schedule: 'fast' (GPTQ rounding, no gradient phase), 'balanced' (the default: "
-        "GPTQ on more samples and the BatchNorm stage, sized for 2 CPU cores), 'paper' (the reference schedule, for a "
+        "plus the BatchNorm stage, sized for 2 CPU cores), 'paper' (the reference schedule, for a "
         "GPU); fields in options override it",
     )
     options: CompressionOptions = Field(default_factory=CompressionOptions)
