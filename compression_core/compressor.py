@@ -31,6 +31,7 @@ from compression_core.model_io import (
 )
 from compression_core.progress import CancelCheck, ProgressCallback
 from compression_core.recon.allocation import initial_bits, sensitivity_steps
+from compression_core.recon.asymmetric import retarget
 from compression_core.recon.augment import is_image_batch
 from compression_core.recon.batchnorm import correct_batchnorm, has_batchnorm, recalibrate_batchnorm
 from compression_core.recon.blockwise import BlockSettings, find_blocks, reconstruct
@@ -185,6 +186,7 @@ def compress(
     batchnorm_pieces = _batchnorm_pieces(num_samples(train_inputs))
     # Planned when it will most likely run: with GPTQ rounding, the automatic setting (None) runs the stage
     # only if the rounded-to-nearest start is what gets kept.
+    gptq_asymmetric = config.rounding == "gptq" and config.gptq_asymmetric
     batchnorm_planned = has_batchnorm(work) and _batchnorm_stage_wanted(config, gptq_rounded=config.rounding == "gptq")
     planned_pieces = list(batchnorm_pieces.values()) if batchnorm_planned else []
     timeline = plan_compression(
@@ -193,10 +195,11 @@ def compress(
         batch_size=config.batch_size,
         gptq_samples=min(config.gptq_samples, optimize_idx.numel()),
         selection_samples=select_idx.numel(),
-        candidates=1 + int(config.rounding == "gptq") + int(iterations > 0),
+        candidates=1 + int(config.rounding == "gptq") * (1 + int(config.gptq_asymmetric)) + int(iterations > 0),
         batchnorm_samples=sum(samples for samples, _ in planned_pieces),
         batchnorm_builds=sum(builds for _, builds in planned_pieces),
         holdout_samples=holdout_idx.numel(),
+        asymmetric_layers=len(gptq_layers(work, weights)) if gptq_asymmetric else 0,
         block_iters=config.block_iters,
         blocks=len(find_blocks(work, [p.name for p in coded], config.block_modules)) if config.block_iters else 0,
         optimize_samples=optimize_idx.numel(),
@@ -333,8 +336,23 @@ def compress(
         # fraction(1.0): the stage before is over (its estimate no longer counts), the landing not begun.
         reporter.emit("gptq", 0, timeline.fraction(1.0), message="second-order rounding of the initial allocation")
         # What the shorter preset writes stays a candidate under its own name when a later stage follows.
-        later = with_phases or with_blocks
+        later = with_phases or with_blocks or config.gptq_asymmetric
         candidates["gptq" if later else "optimized"] = land("land_gptq", "gptq", rounder)
+    if rounder is not None and config.gptq_asymmetric:
+        timeline.begin("asymmetric")
+        reporter.emit("gptq", 0, timeline.fraction(), message="rounding each block against the original output")
+        asymmetric_note = retarget(
+            work,
+            state,
+            rounder,
+            optimize_inputs,
+            config.batch_size,
+            device,
+            config.gptq_samples,
+            on_layer=lambda done, total: reporter.emit("gptq", 0, timeline.fraction(done / total)),
+        )
+        later = with_phases or with_blocks
+        candidates["asymmetric" if later else "optimized"] = land("land_asymmetric", "gptq", rounder)
     if with_blocks:  # from the rounded start's codes and grids
         timeline.begin("blocks")
         reporter.emit("blocks", 0, timeline.fraction(), message="block-wise reconstruction of the codes")
@@ -406,6 +424,8 @@ def compress(
     evaluation["selection"] = selection
     if with_blocks:
         evaluation["blockwise"] = blockwise_note
+    if rounder is not None and config.gptq_asymmetric:
+        evaluation["asymmetric"] = asymmetric_note
     timeline.finish()
     evaluation["stages"] = timeline.report()
 

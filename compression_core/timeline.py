@@ -116,6 +116,7 @@ def plan_compression(
     batchnorm_samples: float,
     holdout_samples: int,
     batchnorm_builds: float = 0.0,
+    asymmetric_layers: int = 0,
     block_iters: int = 0,
     blocks: int = 0,
     optimize_samples: int = 0,
@@ -125,6 +126,8 @@ def plan_compression(
     stages = ["probe", "land_start"]
     if gptq:
         stages += ["hessians", "land_gptq"]
+    if gptq and asymmetric_layers:
+        stages += ["asymmetric", "land_asymmetric"]
     if block_iters and blocks:
         stages += ["blocks", "land_blocks"]
     if iterations:
@@ -140,6 +143,7 @@ def plan_compression(
         "batchnorm_builds": batchnorm_builds,
         "holdout_samples": holdout_samples,
         "gptq": gptq,
+        "asymmetric_layers": asymmetric_layers,
         "block_iters": block_iters,
         "blocks": blocks,
         "optimize_samples": optimize_samples,
@@ -168,6 +172,11 @@ def revise(timeline: Timeline) -> None:
         land_start=builds * build,
         hessians=plan["gptq_samples"] * hessian_sample,
         land_gptq=gptq_landing,
+        # Every layer runs the original and the compressed network over the Hessian samples, both stopped at
+        # the layer (half the network each on average), and H̃ and X·X̃ᵀ cost two Hessian passes' products;
+        # the layers are rounded once more in all.
+        asymmetric=(plan["asymmetric_layers"] * sample + 2.0 * hessian_sample) * plan["gptq_samples"] + rounding,
+        land_asymmetric=gptq_landing,
         # Every block's step costs its share of one network forward and backward; each block's inputs are
         # captured twice (teacher, student) by passes that stop there, half the network on average.
         blocks=plan["block_iters"] * 3.0 * plan["batch_size"] * sample

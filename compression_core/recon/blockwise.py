@@ -368,7 +368,7 @@ def reconstruct(
     index_of = {name: i for i, name in enumerate(state.names)}
     blocks = find_blocks(model, list(state.names), settings.patterns)
     blocks = execution_order(model, blocks, select(inputs, slice(0, 1)), device)
-    student = _student_model(model, state)
+    student = student_model(model, state)
     store = ActivationStore(settings.cache_bytes)
     grids = [p.requires_grad for p in state.transform_parameters()]
     state.transforms.requires_grad_(False)  # the grids stay as landed
@@ -426,7 +426,7 @@ def reconstruct(
     }
 
 
-def _student_model(model: nn.Module, state: QuantizedState) -> nn.Module:
+def student_model(model: nn.Module, state: QuantizedState) -> nn.Module:
     """A copy of ``model`` carrying the state's current quantized weights (what earlier blocks feed later)."""
     student = copy.deepcopy(model)
     with torch.no_grad():

@@ -34,7 +34,7 @@ DEFAULT_DAMPING = 0.1
 _BLOCK = 128
 
 
-def _grouped_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def grouped_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The layer's input as (groups, K, positions): the columns that multiply the weight's K inputs."""
     if isinstance(module, nn.Linear):
         return x.reshape(-1, x.shape[-1]).t().unsqueeze(0)
@@ -44,7 +44,7 @@ def _grouped_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _depthwise_columns(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """`_grouped_columns` of a convolution with one input channel a group, built from the kernel's shifted
+    """`grouped_columns` of a convolution with one input channel a group, built from the kernel's shifted
     views in one copy: the same values in the same order as `_unfolded_columns`, whose im2col and regrouping
     copy took two thirds of EfficientNet-Lite0's Hessian pass (10.7 of 16 s) for its depthwise layers."""
     (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
@@ -63,7 +63,7 @@ def _depthwise_columns(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 
 def _unfolded_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`_grouped_columns` of any convolution, through im2col."""
+    """`grouped_columns` of any convolution, through im2col."""
     if isinstance(module, nn.Conv1d):
         x = x.unsqueeze(2)
         kernel, stride, dilation = (1, module.kernel_size[0]), (1, module.stride[0]), (1, module.dilation[0])
@@ -101,7 +101,7 @@ def layer_hessians(
 
     def hook(name):
         def record(module, args, _out):
-            cols = _grouped_columns(module, args[0].detach().float())
+            cols = grouped_columns(module, args[0].detach().float())
             h = torch.bmm(cols, cols.transpose(1, 2))
             sums[name] = sums[name] + h if name in sums else h
             counts[name] += cols.shape[2]
@@ -189,7 +189,7 @@ def gptq_layers(model: nn.Module, names) -> dict[str, nn.Module]:
 
 
 def _hessian_shape(module: nn.Module) -> tuple[int, int]:
-    """(groups, K) of the layer's H, as `_grouped_columns` forms it: K inputs of a group multiply each output."""
+    """(groups, K) of the layer's H, as `grouped_columns` forms it: K inputs of a group multiply each output."""
     if isinstance(module, nn.Linear):
         return 1, module.weight.shape[1]
     return module.groups, module.weight[0].numel()  # (C_in / groups) · kernel positions
@@ -311,8 +311,8 @@ class GptqRounder:
     def round_into(self) -> None:
         """Overwrite each latent weight with the GPTQ rounding of its original under its transform."""
         for name in self.hessians:
-            self.targets[name][0].copy_(self._rounded(name))
+            self.targets[name][0].copy_(self.rounded(name))
 
-    def _rounded(self, name: str) -> torch.Tensor:
+    def rounded(self, name: str) -> torch.Tensor:
         transform, hessian = self.targets[name][1], self.hessians[name]
         return round_layer(self.originals[name], transform, hessian, self.damping, self.rate_weight)

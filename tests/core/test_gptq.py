@@ -6,11 +6,11 @@ from torch import nn
 
 from compression_core.recon.gptq import (
     GptqRounder,
-    _grouped_columns,
     _unfolded_columns,
     column_quantizer,
     estimate_rounding_seconds,
     gptq_round,
+    grouped_columns,
 )
 from compression_core.transforms import make_transform
 
@@ -128,4 +128,4 @@ def test_depthwise_columns_equal_the_im2col_ones(conv):
     """The depthwise shortcut (shifted views instead of im2col) gives the very same columns, so GPTQ's
     Hessians and every file written stay bit for bit what they were."""
     x = torch.randn(3, conv.in_channels, 11, 13)
-    assert torch.equal(_grouped_columns(conv, x), _unfolded_columns(conv, x))
+    assert torch.equal(grouped_columns(conv, x), _unfolded_columns(conv, x))
