@@ -62,6 +62,12 @@ class CompressionOptions(_Strict):
     gptq_rate_weight: float | None = Field(
         None, ge=0, le=100, description="rate-aware GPTQ: weight of a level's bits against its error; 0 = off"
     )
+    gptq_asymmetric: bool | None = Field(
+        None,
+        description="after GPTQ, round every layer again against the original network's output given the "
+        "compressed network's inputs (a candidate the selection test must accept; ~4 min more for "
+        "EfficientNet-Lite0 on 2 cores); off in every preset",
+    )
     sensitivity_batches: int | None = Field(None, ge=1, le=10_000, description="probe batches of the allocation")
     sensitivity_exponent: float | None = Field(
         None, ge=0, le=1, description="steps ∝ sensitivity^−exponent in the allocation; 0 = one step for all"

@@ -80,7 +80,7 @@ class CompressionConfig:
     gptq_samples: int = 512
     gptq_damping: float = 0.1
     gptq_rate_weight: float = 0.5
-    gptq_asymmetric: bool = True
+    gptq_asymmetric: bool = False
     block_iters: int = 0
     block_lr: float = 0.01
     block_input_mix: float = 0.5
