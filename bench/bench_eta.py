@@ -22,7 +22,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import models as bench_models  # noqa: E402
-from bench.ablation import BASE, SUBJECT_ARGS, git_commit  # noqa: E402
+from bench.ablation import BASE, SUBJECT_ARGS, git_commit, parse_overrides  # noqa: E402
 from bench.run_all import machine_description  # noqa: E402
 from compression_core import compress  # noqa: E402
 from compression_core.config import CompressionConfig  # noqa: E402
@@ -34,8 +34,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 _MIN_REMAINING_S = 10.0
 
 
-def measure(subject, target: float, preset: str) -> dict:
-    config = CompressionConfig.from_dict({**BASE[subject.name], "preset": preset})
+def measure(subject, target: float, preset: str, overrides: str = "") -> dict:
+    """One compression's ETA trace; ``overrides`` (``key=value,…``) change the preset's configuration."""
+    config = CompressionConfig.from_dict({**BASE[subject.name], "preset": preset, **parse_overrides(overrides)})
     writer = ProgressWriter(None, "bench", 0, session_factory=None)
     events: list[tuple[float, float, str]] = []
 
@@ -65,7 +66,7 @@ def measure(subject, target: float, preset: str) -> dict:
         )
     relative = [r["relative_error"] for r in rows if r["relative_error"] is not None]
     return {
-        "preset": preset,
+        "preset": f"{preset} + {overrides}" if overrides else preset,
         "target": target,
         "total_s": round(total, 1),
         "events_from_10pct": len(rows),
@@ -82,13 +83,17 @@ def main() -> None:
     parser.add_argument("--model", default="efficientnet_lite0", choices=sorted(SUBJECT_ARGS))
     parser.add_argument("--target", type=float, default=8.0)
     parser.add_argument("--presets", nargs="+", default=["fast", "balanced"])
+    parser.add_argument(
+        "--options", default="", metavar="KEY=VALUE,…",
+        help="CompressionConfig overrides on top of every preset (e.g. gptq_asymmetric=true)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     bench_models.set_threads()
     subject = bench_models.SUBJECTS[args.model](**SUBJECT_ARGS[args.model])
     subject.model = subject.model.float().eval()
     load_before = os.getloadavg()
-    runs = [measure(subject, args.target, preset) for preset in args.presets]
+    runs = [measure(subject, args.target, preset, args.options) for preset in args.presets]
     record = {
         "command": " ".join(sys.argv),
         "commit": git_commit(),

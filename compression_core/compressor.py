@@ -340,16 +340,14 @@ def compress(
         candidates["gptq" if later else "optimized"] = land("land_gptq", "gptq", rounder)
     if rounder is not None and config.gptq_asymmetric:
         timeline.begin("asymmetric")
-        reporter.emit("gptq", 0, timeline.fraction(), message="rounding each block against the original output")
+        reporter.emit("gptq", 0, timeline.fraction(), message="rounding each layer against the original output")
+
+        def layer_done(done: int, total: int) -> None:
+            reporter.check_cancel()  # minutes on a large model: a cancel must not wait for the whole stage
+            reporter.emit("gptq", 0, timeline.fraction(done / total))
+
         asymmetric_note = retarget(
-            work,
-            state,
-            rounder,
-            optimize_inputs,
-            config.batch_size,
-            device,
-            config.gptq_samples,
-            on_layer=lambda done, total: reporter.emit("gptq", 0, timeline.fraction(done / total)),
+            work, state, rounder, optimize_inputs, config.batch_size, device, config.gptq_samples, on_layer=layer_done
         )
         later = with_phases or with_blocks
         candidates["asymmetric" if later else "optimized"] = land("land_asymmetric", "gptq", rounder)

@@ -3,11 +3,13 @@ every layer against it, in network order, brings the compressed network's output
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
 from compression_core import compress
 from compression_core.config import CompressionConfig
+from compression_core.progress import CompressionCanceled
 from compression_core.recon.asymmetric import asymmetric_target, retarget
 from compression_core.recon.gptq import GptqRounder
 from compression_core.recon.state import QuantizedState
@@ -92,3 +94,22 @@ def test_compress_judges_the_asymmetric_rounding_beside_plain_gptq(digits):
     assert all(entry["moved"] >= 0.0 for entry in result.evaluation["asymmetric"]["layers"])
     plain = compress(model, split.train_x[:300], 20.0, config=CompressionConfig.from_dict({"preset": "fast"}))
     assert "asymmetric" not in plain.evaluation and "gptq_distance" not in plain.evaluation["selection"]
+
+
+def test_a_cancel_stops_the_asymmetric_stage_between_layers(digits):
+    """The stage runs two passes a layer (minutes on a large model): a cancel is honoured after the layer it
+    arrives in, not at the end of the stage."""
+    model, split = digits
+    events = []
+    calls = []
+
+    def cancel_once_the_stage_began():
+        calls.append(1)
+        return any(e.message and "each layer" in e.message for e in events)
+
+    config = CompressionConfig.from_dict({"preset": "fast", "gptq_asymmetric": True})
+    with pytest.raises(CompressionCanceled):
+        compress(model, split.train_x[:200], 20.0, config=config, progress=events.append,
+                 should_cancel=cancel_once_the_stage_began)
+    stage = [i for i, e in enumerate(events) if e.message and "each layer" in e.message][0]
+    assert len(events) - stage <= 2  # the stage's own report and at most one layer's
