@@ -342,9 +342,9 @@ def compress(
         timeline.begin("asymmetric")
         reporter.emit("gptq", 0, timeline.fraction(), message="rounding each layer against the original output")
 
-        def layer_done(done: int, total: int) -> None:
+        def layer_done(share: float) -> None:
             reporter.check_cancel()  # minutes on a large model: a cancel must not wait for the whole stage
-            reporter.emit("gptq", 0, timeline.fraction(done / total))
+            reporter.emit("gptq", 0, timeline.fraction(share))
 
         asymmetric_note = retarget(
             work, state, rounder, optimize_inputs, config.batch_size, device, config.gptq_samples, on_layer=layer_done

@@ -23,6 +23,7 @@ layer by layer 0.016).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import torch
@@ -52,12 +53,13 @@ def retarget(
     batch_size: int,
     device: torch.device,
     max_samples: int,
-    on_layer: Callable[[int, int], None] | None = None,
+    on_layer: Callable[[float], None] | None = None,
 ) -> dict:
     """Give every layer ``rounder`` rounds the asymmetric target W* and the compressed network's H̃, one
     layer at a time in the order the network runs them, each rounded into ``state`` before the next is
-    measured. ``model`` is the original float network; ``state`` holds the rounded start. Returns, per layer,
-    how far W* moved from W (relative norm)."""
+    measured. ``model`` is the original float network; ``state`` holds the rounded start; ``on_layer`` is told
+    the share of the stage's work done after each layer. Returns, per layer, how far W* moved from W (relative
+    norm)."""
     names = list(rounder.hessians)
     modules = dict(model.named_modules())
     layers = {name: modules[name.rpartition(".")[0]] for name in names}
@@ -66,8 +68,10 @@ def retarget(
     student = student_model(model, state)
     index_of = {name: i for i, name in enumerate(state.names)}
     subset = select(inputs, slice(0, min(num_samples(inputs), max_samples)))
+    work = _work_per_layer(model, units, select(inputs, slice(0, min(num_samples(inputs), batch_size))), device)
+    done_work, total_work = 0.0, sum(work)
     notes = []
-    for done, unit in enumerate(units):
+    for unit, layer_work in zip(units, work, strict=True):
         name = unit.coded[0]
         hessian, cross = _layer_statistics(model, student, name, unit.module, subset, batch_size, device)
         original = rounder.originals[name]
@@ -78,9 +82,33 @@ def retarget(
         student.get_parameter(name).copy_(rounded)
         moved = float((target - original).norm() / original.norm().clamp_min(1e-12))
         notes.append({"layer": name, "moved": round(moved, 5)})
+        done_work += layer_work
         if on_layer is not None:
-            on_layer(done + 1, len(units))
+            on_layer(done_work / total_work)
     return {"layers": notes}
+
+
+def _work_per_layer(model: nn.Module, units: list[Block], probe: Inputs, device: torch.device) -> list[float]:
+    """What measuring each layer costs, relatively: the time one forward pass takes to reach it (both passes
+    stop there) plus an even share of the pass for its own products. Counted as layers done, the progress of
+    EfficientNet-Lite0's stage ran 2× ahead after its cheap first layers (ETA 61 % off)."""
+    reached: dict[str, float] = {}
+
+    def mark(name: str):
+        def hook(_module, _args) -> None:  # a pre-hook's return value would replace the layer's inputs
+            reached.setdefault(name, time.monotonic())
+
+        return hook
+
+    handles = [u.module.register_forward_pre_hook(mark(u.name)) for u in units]
+    try:
+        started = time.monotonic()
+        call_model(model, to_device(probe, device))
+        whole = time.monotonic() - started
+    finally:
+        for h in handles:
+            h.remove()
+    return [reached.get(u.name, started + whole) - started + whole / len(units) for u in units]
 
 
 def _layer_statistics(
