@@ -184,9 +184,9 @@ def compress(
     iterations = config.rounds * (config.transform_iters + config.weight_iters)
     optimize_idx, select_idx = split_selection(num_samples(train_inputs), config.seed)
     batchnorm_pieces = _batchnorm_pieces(num_samples(train_inputs))
+    gptq_asymmetric = config.rounding == "gptq" and config.gptq_asymmetric
     # Planned when it will most likely run: with GPTQ rounding, the automatic setting (None) runs the stage
     # only if the rounded-to-nearest start is what gets kept.
-    gptq_asymmetric = config.rounding == "gptq" and config.gptq_asymmetric
     batchnorm_planned = has_batchnorm(work) and _batchnorm_stage_wanted(config, gptq_rounded=config.rounding == "gptq")
     planned_pieces = list(batchnorm_pieces.values()) if batchnorm_planned else []
     timeline = plan_compression(
@@ -195,7 +195,7 @@ def compress(
         batch_size=config.batch_size,
         gptq_samples=min(config.gptq_samples, optimize_idx.numel()),
         selection_samples=select_idx.numel(),
-        candidates=1 + int(config.rounding == "gptq") * (1 + int(config.gptq_asymmetric)) + int(iterations > 0),
+        candidates=1 + int(config.rounding == "gptq") + int(gptq_asymmetric) + int(iterations > 0),
         batchnorm_samples=sum(samples for samples, _ in planned_pieces),
         batchnorm_builds=sum(builds for _, builds in planned_pieces),
         holdout_samples=holdout_idx.numel(),
@@ -336,9 +336,10 @@ def compress(
         # fraction(1.0): the stage before is over (its estimate no longer counts), the landing not begun.
         reporter.emit("gptq", 0, timeline.fraction(1.0), message="second-order rounding of the initial allocation")
         # What the shorter preset writes stays a candidate under its own name when a later stage follows.
-        later = with_phases or with_blocks or config.gptq_asymmetric
+        later = with_phases or with_blocks or gptq_asymmetric
         candidates["gptq" if later else "optimized"] = land("land_gptq", "gptq", rounder)
-    if rounder is not None and config.gptq_asymmetric:
+    asymmetric_note = None
+    if rounder is not None and gptq_asymmetric:
         timeline.begin("asymmetric")
         reporter.emit("gptq", 0, timeline.fraction(), message="rounding each layer against the original output")
 
@@ -422,7 +423,7 @@ def compress(
     evaluation["selection"] = selection
     if with_blocks:
         evaluation["blockwise"] = blockwise_note
-    if rounder is not None and config.gptq_asymmetric:
+    if asymmetric_note is not None:
         evaluation["asymmetric"] = asymmetric_note
     timeline.finish()
     evaluation["stages"] = timeline.report()

@@ -30,18 +30,14 @@ import torch
 from torch import nn
 
 from compression_core.model_io import Inputs, batches, call_model, num_samples, select, to_device
-from compression_core.recon.blockwise import Block, execution_order, student_model
-from compression_core.recon.gptq import GptqRounder, grouped_columns
+from compression_core.recon.blockwise import Block, StopPass, execution_order, student_model
+from compression_core.recon.gptq import GptqRounder, damped, gptq_layers, grouped_columns
 from compression_core.recon.state import QuantizedState
 
 # λ of the correction, heavier than GPTQ's 0.1: W* is a least-squares fit to a few hundred calibration
 # samples. EfficientNet-Lite0 at 8× (`fast` + this, 300 held-out crops): KL 0.0415 at 0.1, 0.0321 at 1.0
 # (plain GPTQ 0.039).
 CORRECTION_DAMPING = 1.0
-
-
-class _Stop(Exception):
-    """Raised when a pass reaches the measured layer: nothing from there on is needed."""
 
 
 @torch.no_grad()
@@ -60,10 +56,8 @@ def retarget(
     measured. ``model`` is the original float network; ``state`` holds the rounded start; ``on_layer`` is told
     the share of the stage's work done after each layer. Returns, per layer, how far W* moved from W (relative
     norm)."""
-    names = list(rounder.hessians)
-    modules = dict(model.named_modules())
-    layers = {name: modules[name.rpartition(".")[0]] for name in names}
-    units = [Block(name.rpartition(".")[0], layers[name], [name]) for name in names]
+    layers = gptq_layers(model, rounder.hessians)
+    units = [Block(name.rpartition(".")[0], module, [name]) for name, module in layers.items()]
     units = execution_order(model, units, select(inputs, slice(0, 1)), device)
     student = student_model(model, state)
     index_of = {name: i for i, name in enumerate(state.names)}
@@ -141,7 +135,7 @@ def _layer_statistics(
 
     def take(module, args):
         taken.append(grouped_columns(module, args[0].detach().float()))
-        raise _Stop
+        raise StopPass
 
     def combine(module, args):
         nonlocal count
@@ -153,7 +147,7 @@ def _layer_statistics(
         else:
             sums.extend(products)
         count += cols.shape[2]
-        raise _Stop
+        raise StopPass
 
     handles = [
         layer.register_forward_pre_hook(take),
@@ -165,7 +159,7 @@ def _layer_statistics(
             for network in (model, student):
                 try:
                     call_model(network, batch)
-                except _Stop:
+                except StopPass:
                     pass
     finally:
         for h in handles:
@@ -179,10 +173,7 @@ def asymmetric_target(weight: torch.Tensor, hessian: torch.Tensor, cross: torch.
     """W* = W + W·(C − H̃)·(H̃ + λ·mean diag H̃·I)⁻¹ per group, in W's shape."""
     groups, k = hessian.shape[0], hessian.shape[1]
     w = weight.detach().double().reshape(groups, -1, k)
-    h = hessian.double().clone()
-    diag = torch.diagonal(h, dim1=1, dim2=2)
-    diag[diag <= 0] = 1.0
-    diag += damping * diag.mean(dim=1, keepdim=True)
+    h, _ = damped(hessian, damping)
     # (C − H̃)·(H̃ + λ)⁻¹ = ((H̃ + λ)⁻¹·(C − H̃)ᵀ)ᵀ, H̃ symmetric
     shift = torch.linalg.solve(h, (cross.double() - hessian.double()).transpose(1, 2)).transpose(1, 2)
     return (w + torch.bmm(w, shift)).reshape(weight.shape).to(weight.dtype)

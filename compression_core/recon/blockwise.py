@@ -99,7 +99,7 @@ def _matching_blocks(model: nn.Module, coded: list[str], patterns: tuple[str, ..
     return blocks
 
 
-class _Stop(Exception):
+class StopPass(Exception):
     """Raised by a capture hook: the rest of the forward pass is not needed."""
 
 
@@ -211,7 +211,7 @@ def capture(
         if with_outputs:
             for slot, value in zip(result.outputs, float_outputs(output), strict=True):
                 slot.append(value)
-        raise _Stop
+        raise StopPass
 
     if with_outputs:
         handle = module.register_forward_hook(lambda m, a, k, o: hook(m, a, k, o), with_kwargs=True)
@@ -223,7 +223,7 @@ def capture(
                 batch = to_device(select(inputs, slice(start, min(n, start + batch_size))), device)
                 try:
                     call_model(model, batch)
-                except _Stop:
+                except StopPass:
                     pass
     finally:
         handle.remove()

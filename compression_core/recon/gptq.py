@@ -123,14 +123,21 @@ def layer_hessians(
     return {n: sums[n] / max(1, counts[n]) for n in sums}
 
 
-def _inverse_cholesky(h: torch.Tensor, damping: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + damping)⁻¹ per group; dead inputs (zero diagonal) get a unit diagonal."""
+def damped(h: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """H + damping·mean(diag H)·I per group in float64 (a copy), dead inputs (zero diagonal) given a unit
+    diagonal first; and the damping added, (groups, 1)."""
     h = h.double().clone()
     diag = torch.diagonal(h, dim1=1, dim2=2)
-    dead = diag <= 0
-    diag[dead] = 1.0
+    diag[diag <= 0] = 1.0
     damp = damping * diag.mean(dim=1, keepdim=True)
     diag += damp
+    return h, damp
+
+
+def _inverse_cholesky(h: torch.Tensor, damping: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damping)⁻¹ per group; dead inputs (zero diagonal) get a unit diagonal."""
+    h, damp = damped(h, damping)
+    diag = torch.diagonal(h, dim1=1, dim2=2)
     for attempt in range(6):
         try:
             inv = torch.cholesky_inverse(torch.linalg.cholesky(h))
