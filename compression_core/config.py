@@ -44,7 +44,8 @@ class CompressionConfig:
     that many steps per block at ``block_lr`` (in levels per step, cosine-decayed) against the block's
     teacher output, on QDrop's input mix (``block_input_mix``: each input element the teacher's with this
     probability, else the compressed network's); ``block_modules`` (fnmatch patterns of module names)
-    replaces the automatic blocks; activations beyond ``block_cache_mb`` MiB go to a temporary file.
+    replaces the automatic blocks; activations beyond ``block_cache_mb`` MiB go to a temporary file (in
+    the asymmetric stage too, which caches each block's inputs).
     ``bn_recalibration``: the BatchNorm stage after the weights are chosen (re-estimated or bias-corrected
     statistics, kept when they lower the distance on calibration samples; `recon/batchnorm.py`). True (the
     default) always, False never, None (the ``fast`` preset) only when the weights written were rounded to

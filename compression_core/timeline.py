@@ -153,7 +153,8 @@ def plan_compression(
 
 def revise(timeline: Timeline) -> None:
     """Re-estimate every pending stage from the unit costs measured so far: ``sample`` (seconds per sample
-    forward), ``hessian_sample`` (seconds per sample of GPTQ's input statistics), ``build`` (seconds per
+    forward), ``hessian_sample`` (seconds per sample of GPTQ's input statistics), ``asymmetric_sample`` (seconds
+    per sample of the asymmetric stage's passes and products), ``build`` (seconds per
     ratio-controller build), ``builds`` (builds per landing), ``round`` (seconds per GPTQ rounding of the
     network), ``iteration`` (one timed schedule step, `schedule.seconds_per_iteration`; guessed from ``sample``
     until then); once the schedule runs, its own pace takes over (`Timeline.fraction`)."""
@@ -172,10 +173,12 @@ def revise(timeline: Timeline) -> None:
         land_start=builds * build,
         hessians=plan["gptq_samples"] * hessian_sample,
         land_gptq=gptq_landing,
-        # Every layer runs the original and the compressed network over the Hessian samples, both stopped at
-        # the layer (half the network each on average), and H̃ and X·X̃ᵀ cost two Hessian passes' products;
-        # the layers are rounded once more in all.
-        asymmetric=(plan["asymmetric_layers"] * sample + 2.0 * hessian_sample) * plan["gptq_samples"] + rounding,
+        # Timed on a probe batch (`asymmetric.seconds_per_sample`); until then every layer's two passes are
+        # guessed at half the network each, and H̃ and X·X̃ᵀ at two Hessian passes' products. The layers are
+        # rounded once more in all.
+        asymmetric=timeline.unit(
+            "asymmetric_sample", plan["asymmetric_layers"] * sample + 2.0 * hessian_sample
+        ) * plan["gptq_samples"] + rounding,
         land_asymmetric=gptq_landing,
         # Every block's step costs its share of one network forward and backward; each block's inputs are
         # captured twice (teacher, student) by passes that stop there, half the network on average.

@@ -12,25 +12,43 @@ own input error rather than the original output. The asymmetric objective is ‖
 (the correction damped like GPTQ's own H; without error upstream C = H̃ and W* = W). So plain GPTQ rounding of
 the target W* under H̃ solves it, and the ratio controller can land the exact size with the same rounder.
 
-Layers are taken one at a time in the order the network runs them; each gets X and X̃ from one pass of the
-original and of the compressed network over the same samples (both stopped at the layer) and is rounded before
-the next is measured (a layer the network calls more than once has no single input and keeps its plain GPTQ
-rounding). Measured a block at a time instead (a residual block's three convolutions from one pass),
-the second and third layers corrected an upstream error their block's first layer had just removed:
-EfficientNet-Lite0 at 8× ended farther from the original (selection distance 0.040 against plain GPTQ's 0.021;
-layer by layer 0.016).
+Layers are taken one at a time in the order the network runs them, and each is rounded before the next is
+measured (a layer the network calls more than once, or whose block it calls more than once, has no single input
+and keeps its plain GPTQ rounding). Measured a block at a time instead (a residual block's three convolutions
+from one pass), the second and third layers corrected an upstream error their block's first layer had just
+removed: EfficientNet-Lite0 at 8× ended farther from the original (selection distance 0.040 against plain
+GPTQ's 0.021; layer by layer 0.016).
+
+X and X̃ come from the block holding the layer (`blockwise.find_blocks`), run on its cached inputs from the
+original and the compressed network and stopped at the layer. Where an nn.Sequential feeds one block's output
+into the next (checked on a probe pass), the next block's inputs are computed from the cached ones; otherwise
+both networks run from the inputs to the block once. Running both networks from the inputs for every layer
+instead gave the same statistics bit for bit and took 281 s of EfficientNet-Lite0's stage on 2 cores, where
+the cache takes 108 s and ~1 GB for 230 samples (`block_cache_mb` bounds it; beyond, a temporary file).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from compression_core.model_io import Inputs, batches, call_model, num_samples, select, to_device
-from compression_core.recon.blockwise import Block, StopPass, execution_order, student_model
+from compression_core.model_io import Inputs, call_model, num_samples, select, to_device
+from compression_core.recon.blockwise import (
+    ActivationStore,
+    Block,
+    Captured,
+    Stacked,
+    StopPass,
+    capture,
+    execution_order,
+    find_blocks,
+    student_model,
+)
 from compression_core.recon.gptq import GptqRounder, damped, gptq_layers, grouped_columns
 from compression_core.recon.state import QuantizedState
 
@@ -50,85 +68,266 @@ def retarget(
     device: torch.device,
     max_samples: int,
     on_layer: Callable[[float], None] | None = None,
+    cache_bytes: int = 2048 << 20,
 ) -> dict:
     """Give every layer ``rounder`` rounds the asymmetric target W* and the compressed network's H̃, one
     layer at a time in the order the network runs them, each rounded into ``state`` before the next is
     measured. ``model`` is the original float network; ``state`` holds the rounded start; ``on_layer`` is told
-    the share of the stage's work done after each layer. Returns, per layer, how far W* moved from W (relative
-    norm)."""
-    layers = gptq_layers(model, rounder.hessians)
-    units = [Block(name.rpartition(".")[0], module, [name]) for name, module in layers.items()]
-    units = execution_order(model, units, select(inputs, slice(0, 1)), device)
+    the share of the stage's work done after each layer; activations beyond ``cache_bytes`` go to a temporary
+    file. Returns, per layer, how far W* moved from W (relative norm), and the activation cache's peak memory."""
+    segments = _plan(model, rounder.hessians, inputs, device)
     student = student_model(model, state)
     index_of = {name: i for i, name in enumerate(state.names)}
     subset = select(inputs, slice(0, min(num_samples(inputs), max_samples)))
-    work = _work_per_layer(model, units, select(inputs, slice(0, min(num_samples(inputs), batch_size))), device)
+    work = _work_per_layer(model, segments, select(inputs, slice(0, min(num_samples(inputs), batch_size))), device)
     done_work, total_work = 0.0, sum(work)
+    store = ActivationStore(cache_bytes)
+    fed: tuple[Captured, Captured] | None = None
     notes = []
-    for unit, layer_work in zip(units, work, strict=True):
-        name = unit.coded[0]
-        hessian, cross = _layer_statistics(model, student, name, unit.module, subset, batch_size, device)
-        original = rounder.originals[name]
-        target = asymmetric_target(original, hessian, cross, CORRECTION_DAMPING)
-        rounder.originals[name], rounder.hessians[name] = target, hessian
-        rounded = rounder.rounded(name)
-        state.latents[index_of[name]].copy_(rounded)
-        student.get_parameter(name).copy_(rounded)
-        moved = float((target - original).norm() / original.norm().clamp_min(1e-12))
-        notes.append({"layer": name, "moved": round(moved, 5)})
-        done_work += layer_work
-        if on_layer is not None:
-            on_layer(done_work / total_work)
-    return {"layers": notes}
+    try:
+        for segment, layer_work in zip(segments, _per_segment(work, segments), strict=True):
+            if fed is None:  # the first block of a chain: both networks run from the inputs and stop there
+                fed = tuple(
+                    capture(net, net.get_submodule(segment.block), subset, batch_size, device, store, False)
+                    for net in (model, student)
+                )
+            for unit, unit_work in zip(segment.layers, layer_work, strict=True):
+                name = unit.coded[0]
+                hessian, cross = _layer_statistics(model, student, segment.block, unit.name, fed, batch_size, device)
+                original = rounder.originals[name]
+                target = asymmetric_target(original, hessian, cross, CORRECTION_DAMPING)
+                rounder.originals[name], rounder.hessians[name] = target, hessian
+                rounded = rounder.rounded(name)
+                state.latents[index_of[name]].copy_(rounded)
+                student.get_parameter(name).copy_(rounded)
+                moved = float((target - original).norm() / original.norm().clamp_min(1e-12))
+                notes.append({"layer": name, "moved": round(moved, 5)})
+                done_work += unit_work
+                if on_layer is not None:
+                    on_layer(done_work / total_work)
+            following = [_advance(net, segment, captured, batch_size, device, store)
+                         for net, captured in zip((model, student), fed, strict=True)] if segment.bridge else None
+            store.release(*fed)
+            fed = tuple(following) if following else None
+    finally:
+        store.close()
+    return {"layers": notes, "cache_peak_bytes": store.peak_memory, "spilled_bytes": store.spilled_bytes}
 
 
-def _work_per_layer(model: nn.Module, units: list[Block], probe: Inputs, device: torch.device) -> list[float]:
-    """What measuring each layer costs, in seconds of one probe batch: both networks run until they reach it,
-    and its input columns and their products are formed (timed here on the probe's inputs to the layer; the
-    time spent in them is taken out of the later layers' arrival times). Counted as one layer of n, the
-    progress of EfficientNet-Lite0's stage ran 2× ahead after its cheap first layers (ETA 61 % off); by arrival
-    time alone, the early high-resolution layers' products were missing (58 %)."""
-    reached: dict[str, float] = {}
-    products: dict[str, float] = {}
-    inside = [0.0]
+def seconds_per_sample(model: nn.Module, weights, inputs: Inputs, device: torch.device) -> float:
+    """What the stage costs per Hessian sample (the rounding apart), timed on ``inputs`` (a batch of a few
+    samples) with the same work model that reports its progress: for the ETA before the stage runs."""
+    segments = _plan(model, weights, inputs, device)
+    return sum(_work_per_layer(model, segments, inputs, device)) / max(1, num_samples(inputs))
 
-    def mark(name: str):
-        def hook(module, args) -> None:  # a pre-hook's return value would replace the layer's inputs
-            t0 = time.monotonic()
-            reached.setdefault(name, t0 - inside[0])
-            cols = grouped_columns(module, args[0].detach().float())
-            torch.bmm(cols, cols.transpose(1, 2))
-            spent = time.monotonic() - t0
-            products.setdefault(name, spent)
-            inside[0] += spent
+
+def _plan(model: nn.Module, weights, inputs: Inputs, device: torch.device) -> list[_Segment]:
+    """The layers GPTQ rounds among ``weights`` (names), grouped by block in the order the network runs."""
+    probe = select(inputs, slice(0, 1))
+    layers = gptq_layers(model, weights)
+    order = execution_order(
+        model, [Block(name.rpartition(".")[0], module, [name]) for name, module in layers.items()], probe, device
+    )
+    return _segments(model, order, probe, device)
+
+
+@dataclass
+class _Segment:
+    """A block (an outermost module holding rounded layers, see `blockwise.find_blocks`) and its layers in the
+    order they run. ``bridge`` names the modules, block first, that turn its output into the next block's
+    input when nn.Sequential guarantees it (then the next block's input is computed from the cached one,
+    not by running both networks from the start); empty when the next block starts a new chain."""
+
+    block: str
+    layers: list[Block]
+    bridge: list[str] = field(default_factory=list)
+
+
+def _segments(model: nn.Module, order: list[Block], probe: Inputs, device: torch.device) -> list[_Segment]:
+    """``order``'s layers grouped by block, blocks in the order they run; a layer whose block runs more than
+    once is left out (it has no single input), as is a layer that runs more than once."""
+    blocks = find_blocks(model, [u.coded[0] for u in order])
+    blocks = execution_order(model, blocks, probe, device)
+    segments = [_Segment(b.name, [u for u in order if u.coded[0].startswith(b.name + ".")]) for b in blocks]
+    segments = [s for s in segments if s.layers]
+    for here, after in itertools.pairwise(segments):
+        here.bridge = _sequential_bridge(model, here.block, after.block)
+    _check_bridges(model, segments, probe, device)
+    return segments
+
+
+def _check_bridges(model: nn.Module, segments: list[_Segment], probe: Inputs, device: torch.device) -> None:
+    """Drop every bridge whose output is not what the next block receives in a real forward pass (a model
+    may call a Sequential's modules itself and change the value between them)."""
+    seen: dict[str, list] = {}
+
+    def keep(key: str, pre: bool):
+        def hook(_module, args, *output) -> None:
+            seen.setdefault(key, [args[0] if pre else output[0]])
 
         return hook
 
-    handles = [u.module.register_forward_pre_hook(mark(u.name)) for u in units]
+    handles = []
+    for here, after in itertools.pairwise(segments):
+        if here.bridge:
+            handles.append(model.get_submodule(here.bridge[-1]).register_forward_hook(keep("out " + here.block, False)))
+            handles.append(model.get_submodule(after.block).register_forward_pre_hook(keep("in " + after.block, True)))
     try:
-        started = time.monotonic()
         call_model(model, to_device(probe, device))
-        whole = time.monotonic() - started - inside[0]
     finally:
         for h in handles:
             h.remove()
-    return [
-        2.0 * (reached.get(u.name, started + whole) - started) + 2.0 * products.get(u.name, 0.0) + 1e-6
-        for u in units
-    ]
+    for here, after in itertools.pairwise(segments):
+        out, fed = seen.get("out " + here.block, [None])[0], seen.get("in " + after.block, [None])[0]
+        if not (isinstance(out, torch.Tensor) and isinstance(fed, torch.Tensor) and torch.equal(out, fed)):
+            here.bridge = []
+
+
+def _sequential_bridge(model: nn.Module, first: str, second: str) -> list[str]:
+    """The modules from ``first`` up to (not including) ``second`` when an nn.Sequential runs them one into the
+    next: ``first`` is the last module of every Sequential it ends, ``second`` the first of every one it
+    starts, and the two sit in one Sequential with only modules holding no rounded layer between them (those
+    are in the bridge too). Empty when no such Sequential joins them."""
+    for a in _climb(model, first, last=True):
+        for b in _climb(model, second, last=False):
+            parent_a, _, child_a = a.rpartition(".")
+            parent_b, _, child_b = b.rpartition(".")
+            parent = model.get_submodule(parent_a)
+            if parent_a != parent_b or not _plain_sequential(parent):
+                continue
+            keys = list(parent._modules)
+            i, j = keys.index(child_a), keys.index(child_b)
+            if i < j:
+                prefix = parent_a + "." if parent_a else ""
+                return [first] + [prefix + k for k in keys[i + 1 : j]]
+    return []
+
+
+def _climb(model: nn.Module, name: str, last: bool) -> list[str]:
+    """``name`` and the Sequentials it is the last (``last``) or first module of, innermost first."""
+    chain = [name]
+    while name:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        keys = list(parent._modules) if _plain_sequential(parent) else []
+        if not keys or child != (keys[-1] if last else keys[0]):
+            break
+        name = parent_name
+        chain.append(name)
+    return chain
+
+
+def _plain_sequential(module: nn.Module) -> bool:
+    """An nn.Sequential whose forward is Sequential's own (each module's output the next one's input)."""
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+
+
+def _advance(
+    network: nn.Module,
+    segment: _Segment,
+    fed: Captured,
+    batch_size: int,
+    device: torch.device,
+    store: ActivationStore,
+) -> Captured:
+    """The next block's input in ``network``: ``segment``'s block run on its cached input, then the bridge."""
+    n = _rows(fed)
+    following: Captured | None = None
+    for start in range(0, n, batch_size):
+        args, kwargs = fed.batch(torch.arange(start, min(n, start + batch_size)), device)
+        value = network.get_submodule(segment.bridge[0])(*args, **kwargs)
+        for name in segment.bridge[1:]:
+            value = network.get_submodule(name)(value)
+        if not isinstance(value, torch.Tensor):
+            raise RuntimeError(f"{segment.bridge[-1]!r} passes on a {type(value).__name__}, not a tensor")
+        if following is None:
+            following = Captured([Stacked(value, n, store)], {})
+        following.args[0].append(value)
+    return following
+
+
+def _rows(fed: Captured) -> int:
+    return next(v.data.shape[0] for v in [*fed.args, *fed.kwargs.values()] if isinstance(v, Stacked))
+
+
+def _per_segment(work: list[float], segments: list[_Segment]) -> list[list[float]]:
+    out, at = [], 0
+    for s in segments:
+        out.append(work[at : at + len(s.layers)])
+        at += len(s.layers)
+    return out
+
+
+def _work_per_layer(
+    model: nn.Module, segments: list[_Segment], probe: Inputs, device: torch.device
+) -> list[float]:
+    """What measuring each layer costs, in seconds of one probe batch, from one timed pass: both networks run
+    their block from its cached input until they reach the layer, and its input columns and their products are
+    formed (timed here on the probe's inputs to the layer, and taken out of the later arrival times); a
+    chain's first block adds both networks' run from the inputs to it, and a block with a bridge the run of
+    the block and the bridge (charged to its last layer). Counted as one layer of n instead, EfficientNet-Lite0's
+    progress ran 2× ahead after its cheap first layers (ETA 61 % off)."""
+    clock: dict[str, float] = {}
+    inside = [0.0]
+
+    def now() -> float:
+        return time.monotonic() - inside[0]
+
+    def mark(key: str, module: nn.Module | None = None):
+        def hook(_module, args, *_output) -> None:  # a pre-hook's return value would replace the layer's inputs
+            clock.setdefault(key, now())
+            if module is not None:
+                t0 = time.monotonic()
+                cols = grouped_columns(module, args[0].detach().float())
+                torch.bmm(cols, cols.transpose(1, 2))
+                spent = time.monotonic() - t0
+                clock.setdefault("products " + key, spent)
+                inside[0] += spent
+
+        return hook
+
+    handles = []
+    for s in segments:
+        block = model.get_submodule(s.block)
+        handles.append(block.register_forward_pre_hook(mark("start " + s.block)))
+        for u in s.layers:
+            handles.append(u.module.register_forward_pre_hook(mark(u.name, u.module)))
+        if s.bridge:
+            following = model.get_submodule(s.bridge[-1])
+            handles.append(following.register_forward_hook(mark("end " + s.block)))
+    try:
+        started = now()
+        call_model(model, to_device(probe, device))
+        ended = now()
+    finally:
+        for h in handles:
+            h.remove()
+    work = []
+    chained = False
+    for s in segments:
+        start = clock.get("start " + s.block, ended)
+        for k, u in enumerate(s.layers):
+            cost = 2.0 * (clock.get(u.name, ended) - start) + 2.0 * clock.get("products " + u.name, 0.0)
+            if k == 0 and not chained:
+                cost += 2.0 * (start - started)
+            if k == len(s.layers) - 1 and s.bridge:
+                cost += 2.0 * (clock.get("end " + s.block, ended) - start)
+            work.append(max(cost, 0.0) + 1e-6)
+        chained = bool(s.bridge)
+    return work
 
 
 def _layer_statistics(
     model: nn.Module,
     student: nn.Module,
-    name: str,
-    layer: nn.Module,
-    inputs: Inputs,
+    block: str,
+    layer: str,
+    fed: tuple[Captured, Captured],
     batch_size: int,
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """H̃ = mean X̃·X̃ᵀ and C = mean X·X̃ᵀ per group for weight ``name`` (of ``layer`` in ``model``), X from
-    ``model``, X̃ from ``student`` on the same samples; both passes stop at the layer."""
+    """H̃ = mean X̃·X̃ᵀ and C = mean X·X̃ᵀ per group for module ``layer`` of ``block``, X from ``model``'s
+    block run on its cached input ``fed[0]``, X̃ from ``student``'s on ``fed[1]``; both stop at the layer."""
     taken: list[torch.Tensor] = []
     sums: list[torch.Tensor] = []
     count = 0
@@ -150,22 +349,24 @@ def _layer_statistics(
         raise StopPass
 
     handles = [
-        layer.register_forward_pre_hook(take),
-        student.get_submodule(name.rpartition(".")[0]).register_forward_pre_hook(combine),
+        model.get_submodule(layer).register_forward_pre_hook(take),
+        student.get_submodule(layer).register_forward_pre_hook(combine),
     ]
+    n = _rows(fed[0])
     try:
-        for batch in batches(inputs, batch_size):
-            batch = to_device(batch, device)
-            for network in (model, student):
+        for start in range(0, n, batch_size):
+            index = torch.arange(start, min(n, start + batch_size))
+            for network, captured in zip((model, student), fed, strict=True):
+                args, kwargs = captured.batch(index, device)
                 try:
-                    call_model(network, batch)
+                    network.get_submodule(block)(*args, **kwargs)
                 except StopPass:
                     pass
     finally:
         for h in handles:
             h.remove()
     if not sums:
-        raise RuntimeError(f"layer {name!r} was never called by the model's forward pass")
+        raise RuntimeError(f"layer {layer!r} was never called by its block {block!r}")
     return sums[0] / count, sums[1] / count
 
 

@@ -114,7 +114,7 @@ class Captured:
 
     def batch(self, index: torch.Tensor, device: torch.device) -> tuple[list, dict]:
         def pick(value):
-            return value[index].to(device) if isinstance(value, _Stacked) else value
+            return value[index].to(device) if isinstance(value, Stacked) else value
 
         return [pick(a) for a in self.args], {k: pick(v) for k, v in self.kwargs.items()}
 
@@ -122,7 +122,7 @@ class Captured:
         return [o[index].to(device) for o in self.outputs]
 
 
-class _Stacked:
+class Stacked:
     """Per-sample tensor storage, in memory or in a memory-mapped temporary file, filled batch by batch."""
 
     def __init__(self, first: torch.Tensor, total: int, store: ActivationStore) -> None:
@@ -169,7 +169,7 @@ class ActivationStore:
         """Give back the memory ``captured`` held (the caller drops them)."""
         for c in captured:
             for v in [*c.args, *c.kwargs.values(), *c.outputs]:
-                if isinstance(v, _Stacked):
+                if isinstance(v, Stacked):
                     self.in_memory -= v.memory_bytes
 
     def close(self) -> None:
@@ -200,13 +200,13 @@ def capture(
         rows = _rows(args, kwargs)
         if result is None:
             result = Captured(
-                [_Stacked(a, n, store) if stacked(a, rows) else a for a in args],
-                {k: _Stacked(v, n, store) if stacked(v, rows) else v for k, v in kwargs.items()},
+                [Stacked(a, n, store) if stacked(a, rows) else a for a in args],
+                {k: Stacked(v, n, store) if stacked(v, rows) else v for k, v in kwargs.items()},
             )
             if with_outputs:
-                result.outputs = [_Stacked(o, n, store) for o in float_outputs(output)]
+                result.outputs = [Stacked(o, n, store) for o in float_outputs(output)]
         for slot, value in [*zip(result.args, args, strict=True), *((result.kwargs[k], v) for k, v in kwargs.items())]:
-            if isinstance(slot, _Stacked):
+            if isinstance(slot, Stacked):
                 slot.append(value)
         if with_outputs:
             for slot, value in zip(result.outputs, float_outputs(output), strict=True):

@@ -111,3 +111,65 @@ def test_a_cancel_stops_the_asymmetric_stage_between_layers(digits):
                  should_cancel=cancel_once_the_stage_began)
     stage = [i for i, e in enumerate(events) if e.message and "each layer" in e.message][0]
     assert len(events) - stage <= 2  # the stage's own report and at most one layer's
+
+
+def _retargeted_latents(model, inputs, **options):
+    config = CompressionConfig(per_channel=False)
+    sd = model.state_dict()
+    plans = [plan_tensor(n, sd[n], True, config) for n in sd]
+    weights = [p.name for p in plans if p.kind is not None and sd[p.name].dim() > 1]
+    state = QuantizedState(sd, plans, config, dict.fromkeys(sd, 2.0))
+    targets = {n: (w, t) for n, w, t in state.items() if n in weights}
+    rounder = GptqRounder(model, targets, inputs, 32, torch.device("cpu"), max_samples=256)
+    rounder.round_into()
+    note = retarget(model, state, rounder, inputs, 32, torch.device("cpu"), 256, **options)
+    return [w.detach().clone() for _, w, _ in state.items()], note
+
+
+class _Doubled(nn.Module):
+    """A Sequential whose modules the model calls itself, changing the value between them."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+
+    def forward(self, x):
+        return self.body[2](2.0 * self.body[1](self.body[0](x)))
+
+
+@pytest.mark.parametrize("make", [_network, lambda: _Doubled().eval().requires_grad_(False)])
+def test_cached_block_inputs_give_what_running_from_the_inputs_gives(make, monkeypatch):
+    """Within an nn.Sequential the next block's input is computed from the cached one instead of running both
+    networks from the start for every layer; the codes are bit for bit those of the full passes, also when a
+    model changes the value between a Sequential's modules (the bridge is checked and dropped) and when the
+    cache lives on disk."""
+    import compression_core.recon.asymmetric as asymmetric
+
+    model = make()
+    torch.manual_seed(1)
+    inputs = torch.randn(96, 3, 8, 8).cumsum(2).cumsum(3) / 8
+    segments = asymmetric._segments(model, [], inputs[:1], torch.device("cpu"))
+    assert segments == []
+    cached, note = _retargeted_latents(model, inputs)
+    on_disk, disk_note = _retargeted_latents(model, inputs, cache_bytes=0)
+    monkeypatch.setattr(asymmetric, "_sequential_bridge", lambda *_: [])
+    full_passes, _ = _retargeted_latents(model, inputs)
+    assert all(torch.equal(a, b) for a, b in zip(cached, full_passes, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(on_disk, full_passes, strict=True))
+    assert disk_note["spilled_bytes"] > 0 and disk_note["cache_peak_bytes"] == 0
+    assert note["cache_peak_bytes"] > 0 and note["spilled_bytes"] == 0
+
+
+def test_bridges_follow_the_sequential_and_are_dropped_when_the_model_changes_the_value():
+    import compression_core.recon.asymmetric as asymmetric
+    from compression_core.recon.blockwise import Block
+
+    def bridges(model):
+        layers = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+        units = [Block(name, module, [name + ".weight"]) for name, module in layers]
+        segments = asymmetric._segments(model, units, torch.randn(1, 3, 8, 8), torch.device("cpu"))
+        return [(s.block, s.bridge) for s in segments]
+
+    assert bridges(_network()) == [("0", ["0", "1"]), ("2", ["2", "3", "4"]), ("5", [])]
+    assert bridges(_Doubled().eval()) == [("body.0", []), ("body.2", [])]
