@@ -241,7 +241,10 @@ def compress(
         timeline.measure("hessian_sample", _seconds_per_hessian_sample(work, weights, train_inputs, config, device))
     if gptq_asymmetric and weights:
         probe = select(train_inputs, slice(0, min(num_samples(train_inputs), config.batch_size, 8)))
-        timeline.measure("asymmetric_sample", asymmetric_seconds_per_sample(work, weights, probe, device))
+        timeline.measure(
+            "asymmetric_sample",
+            asymmetric_seconds_per_sample(work, weights, probe, device, config.block_cache_mb << 20),
+        )
     # Until the first landing measures them, a build (symbols + range coding) is guessed from the weight count
     # (~45 ns a weight on EfficientNet-Lite0) and the start lands in a few builds.
     timeline.measure("build", 5e-8 * coded_numel)

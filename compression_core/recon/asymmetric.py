@@ -29,6 +29,7 @@ the cache takes 108 s and ~1 GB for 230 samples (`block_cache_mb` bounds it; bey
 
 from __future__ import annotations
 
+import copy
 import itertools
 import time
 from collections.abc import Callable
@@ -79,46 +80,98 @@ def retarget(
     student = student_model(model, state)
     index_of = {name: i for i, name in enumerate(state.names)}
     subset = select(inputs, slice(0, min(num_samples(inputs), max_samples)))
-    work = _work_per_layer(model, segments, select(inputs, slice(0, min(num_samples(inputs), batch_size))), device)
+    probe = select(inputs, slice(0, min(num_samples(inputs), batch_size)))
+    work = _layer_seconds(model, segments, probe, batch_size, device, cache_bytes)
+    layer_work = iter(work)
     done_work, total_work = 0.0, sum(work)
-    store = ActivationStore(cache_bytes)
-    fed: tuple[Captured, Captured] | None = None
     notes = []
+
+    def round_layer(unit: Block, hessian: torch.Tensor, cross: torch.Tensor) -> None:
+        nonlocal done_work
+        name = unit.coded[0]
+        original = rounder.originals[name]
+        target = asymmetric_target(original, hessian, cross, CORRECTION_DAMPING)
+        rounder.originals[name], rounder.hessians[name] = target, hessian
+        rounded = rounder.rounded(name)
+        state.latents[index_of[name]].copy_(rounded)
+        student.get_parameter(name).copy_(rounded)
+        moved = float((target - original).norm() / original.norm().clamp_min(1e-12))
+        notes.append({"layer": name, "moved": round(moved, 5)})
+        done_work += next(layer_work)
+        if on_layer is not None:
+            on_layer(done_work / total_work)
+
+    store = ActivationStore(cache_bytes)
     try:
-        for segment, layer_work in zip(segments, _per_segment(work, segments), strict=True):
-            if fed is None:  # the first block of a chain: both networks run from the inputs and stop there
-                fed = tuple(
-                    capture(net, net.get_submodule(segment.block), subset, batch_size, device, store, False)
-                    for net in (model, student)
-                )
-            for unit, unit_work in zip(segment.layers, layer_work, strict=True):
-                name = unit.coded[0]
-                hessian, cross = _layer_statistics(model, student, segment.block, unit.name, fed, batch_size, device)
-                original = rounder.originals[name]
-                target = asymmetric_target(original, hessian, cross, CORRECTION_DAMPING)
-                rounder.originals[name], rounder.hessians[name] = target, hessian
-                rounded = rounder.rounded(name)
-                state.latents[index_of[name]].copy_(rounded)
-                student.get_parameter(name).copy_(rounded)
-                moved = float((target - original).norm() / original.norm().clamp_min(1e-12))
-                notes.append({"layer": name, "moved": round(moved, 5)})
-                done_work += unit_work
-                if on_layer is not None:
-                    on_layer(done_work / total_work)
-            following = [_advance(net, segment, captured, batch_size, device, store)
-                         for net, captured in zip((model, student), fed, strict=True)] if segment.bridge else None
-            store.release(*fed)
-            fed = tuple(following) if following else None
+        _walk(model, student, segments, subset, batch_size, device, store, round_layer)
     finally:
         store.close()
     return {"layers": notes, "cache_peak_bytes": store.peak_memory, "spilled_bytes": store.spilled_bytes}
 
 
-def seconds_per_sample(model: nn.Module, weights, inputs: Inputs, device: torch.device) -> float:
-    """What the stage costs per Hessian sample (the rounding apart), timed on ``inputs`` (a batch of a few
-    samples) with the same work model that reports its progress: for the ETA before the stage runs."""
+def seconds_per_sample(model: nn.Module, weights, inputs: Inputs, device: torch.device, cache_bytes: int) -> float:
+    """What the stage costs per Hessian sample (the rounding apart), from a dry run of it on ``inputs`` (a
+    batch of a few samples): for the ETA before the stage runs."""
     segments = _plan(model, weights, inputs, device)
-    return sum(_work_per_layer(model, segments, inputs, device)) / max(1, num_samples(inputs))
+    batch = num_samples(inputs)
+    return sum(_layer_seconds(model, segments, inputs, batch, device, cache_bytes)) / max(1, batch)
+
+
+def _walk(
+    model: nn.Module,
+    student: nn.Module,
+    segments: list[_Segment],
+    inputs: Inputs,
+    batch_size: int,
+    device: torch.device,
+    store: ActivationStore,
+    visit: Callable[[Block, torch.Tensor, torch.Tensor], None],
+) -> None:
+    """The stage's passes: every layer's H̃ and C in turn, handed to ``visit`` (which rounds the layer into
+    ``student`` before the next is measured). A chain's first block gets both networks' inputs by passes
+    from the inputs that stop there; a block with a bridge hands the next one its inputs."""
+    fed: tuple[Captured, Captured] | None = None
+    for segment in segments:
+        if fed is None:
+            fed = tuple(
+                capture(net, net.get_submodule(segment.block), inputs, batch_size, device, store, False)
+                for net in (model, student)
+            )
+        for unit in segment.layers:
+            visit(unit, *_layer_statistics(model, student, segment.block, unit.name, fed, batch_size, device))
+        following = None
+        if segment.bridge:
+            following = tuple(
+                _advance(net, segment, captured, batch_size, device, store)
+                for net, captured in zip((model, student), fed, strict=True)
+            )
+        store.release(*fed)
+        fed = following
+
+
+def _layer_seconds(
+    model: nn.Module, segments: list[_Segment], probe: Inputs, batch_size: int, device: torch.device, cache_bytes: int
+) -> list[float]:
+    """Seconds of the stage each layer stands for, from a dry run on ``probe`` (a copy of the original network
+    standing in for the compressed one, nothing rounded): the time since the layer before, so a chain's
+    passes from the inputs and a bridge count toward the layer after them. Priced by a model of the passes
+    (each layer's arrival time and column products, timed in one pass) the ETA of EfficientNet-Lite0's run was
+    42 % off: the cache's copies and the block runs on it were missing."""
+    seconds: list[float] = []
+    last = time.monotonic()
+
+    def lap(*_statistics) -> None:
+        nonlocal last
+        now = time.monotonic()
+        seconds.append(now - last + 1e-6)
+        last = now
+
+    store = ActivationStore(cache_bytes)
+    try:
+        _walk(model, copy.deepcopy(model), segments, probe, batch_size, device, store, lap)
+    finally:
+        store.close()
+    return seconds
 
 
 def _plan(model: nn.Module, weights, inputs: Inputs, device: torch.device) -> list[_Segment]:
@@ -248,73 +301,6 @@ def _advance(
 
 def _rows(fed: Captured) -> int:
     return next(v.data.shape[0] for v in [*fed.args, *fed.kwargs.values()] if isinstance(v, Stacked))
-
-
-def _per_segment(work: list[float], segments: list[_Segment]) -> list[list[float]]:
-    out, at = [], 0
-    for s in segments:
-        out.append(work[at : at + len(s.layers)])
-        at += len(s.layers)
-    return out
-
-
-def _work_per_layer(
-    model: nn.Module, segments: list[_Segment], probe: Inputs, device: torch.device
-) -> list[float]:
-    """What measuring each layer costs, in seconds of one probe batch, from one timed pass: both networks run
-    their block from its cached input until they reach the layer, and its input columns and their products are
-    formed (timed here on the probe's inputs to the layer, and taken out of the later arrival times); a
-    chain's first block adds both networks' run from the inputs to it, and a block with a bridge the run of
-    the block and the bridge (charged to its last layer). Counted as one layer of n instead, EfficientNet-Lite0's
-    progress ran 2× ahead after its cheap first layers (ETA 61 % off)."""
-    clock: dict[str, float] = {}
-    inside = [0.0]
-
-    def now() -> float:
-        return time.monotonic() - inside[0]
-
-    def mark(key: str, module: nn.Module | None = None):
-        def hook(_module, args, *_output) -> None:  # a pre-hook's return value would replace the layer's inputs
-            clock.setdefault(key, now())
-            if module is not None:
-                t0 = time.monotonic()
-                cols = grouped_columns(module, args[0].detach().float())
-                torch.bmm(cols, cols.transpose(1, 2))
-                spent = time.monotonic() - t0
-                clock.setdefault("products " + key, spent)
-                inside[0] += spent
-
-        return hook
-
-    handles = []
-    for s in segments:
-        block = model.get_submodule(s.block)
-        handles.append(block.register_forward_pre_hook(mark("start " + s.block)))
-        for u in s.layers:
-            handles.append(u.module.register_forward_pre_hook(mark(u.name, u.module)))
-        if s.bridge:
-            following = model.get_submodule(s.bridge[-1])
-            handles.append(following.register_forward_hook(mark("end " + s.block)))
-    try:
-        started = now()
-        call_model(model, to_device(probe, device))
-        ended = now()
-    finally:
-        for h in handles:
-            h.remove()
-    work = []
-    chained = False
-    for s in segments:
-        start = clock.get("start " + s.block, ended)
-        for k, u in enumerate(s.layers):
-            cost = 2.0 * (clock.get(u.name, ended) - start) + 2.0 * clock.get("products " + u.name, 0.0)
-            if k == 0 and not chained:
-                cost += 2.0 * (start - started)
-            if k == len(s.layers) - 1 and s.bridge:
-                cost += 2.0 * (clock.get("end " + s.block, ended) - start)
-            work.append(max(cost, 0.0) + 1e-6)
-        chained = bool(s.bridge)
-    return work
 
 
 def _layer_statistics(
