@@ -11,7 +11,7 @@ What each runs, and what it costs on EfficientNet-Lite0 (4.65 M weights) on 2 CP
   iterations it ran until 2026-12-05 never passed the selection test on any bench model, at any target, with
   20 or 72 calibration photos (docs/method.md), for 40 % of its time. Asymmetric GPTQ (`gptq_asymmetric`,
   `recon/asymmetric.py`) is left out of every preset: on EfficientNet-Lite0 it lowered the held-out KL at
-  8× and 10× and raised it at 6× and 7× (`bench/results/peers_asymmetric.md`), for ~4 min more on 2 cores.
+  8× and 10× and raised it at 6× and 7× (`bench/results/peers_asymmetric.md`), for ~2 min more on 2 cores.
 - ``paper``: the reference schedule of the L² paper's public code, 3 × (300 transform + 1,000 weight
   iterations) at batch 16, then GPTQ rounding; meant for a GPU.
 
