@@ -8,8 +8,8 @@ no download), written one per line to a text file and read through `load_calibra
 tokenizer folder — the path `l2 compress --calibration FILE --tokenizer DIR` takes — truncated to 64 tokens and
 padded to the longest line. Held out: sentences of *other* manual sections, never seen by the optimizer.
 
-Variants, each at 8× and 10×, with `rounds=0` (initial sensitivity allocation and the size controller only)
-and with 1 × (30 + 30) iterations of batch 8:
+Variants, each at 8× and 10×, with `rounds=0` (initial sensitivity allocation rounded to nearest and the size
+controller only), with 1 × (30 + 30) iterations of batch 8, and with the presets (`--schedules`):
   * outputs: `last_hidden_state` + `pooler_output` (every float output, `output_keys=()`) vs
     `last_hidden_state` alone (`output_keys=("last_hidden_state",)`);
   * mask: the distance over real tokens (inputs carry `attention_mask`) vs over every position (the model is
@@ -44,7 +44,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = (8.0, 10.0)
 OUTPUTS = {"all outputs": (), "last_hidden_state": ("last_hidden_state",)}
 SCHEDULES = {
-    "rounds=0": dict(rounds=0),
+    "rounds=0": dict(rounds=0, rounding="nearest"),  # the start every preset must beat, as in run_all
     "1×(30+30)": dict(rounds=1, transform_iters=30, weight_iters=30),
     "fast": dict(PRESETS["fast"]),
     "fast + asymmetric": dict(PRESETS["fast"], gptq_asymmetric=True),
