@@ -66,7 +66,7 @@ class CompressionOptions(_Strict):
         None,
         description="after GPTQ, round every layer again against the original network's output given the "
         "compressed network's inputs (a candidate the selection test must accept; ~2 min more for "
-        "EfficientNet-Lite0 on 2 cores); off in every preset",
+        "EfficientNet-Lite0 on 2 cores); on in balanced, the default",
     )
     sensitivity_batches: int | None = Field(None, ge=1, le=10_000, description="probe batches of the allocation")
     sensitivity_exponent: float | None = Field(

@@ -39,7 +39,8 @@ class CompressionConfig:
     neighbouring levels weighs their bits against their error (rate-aware rounding; 0 = nearest after
     compensation, 1 = the high-rate exchange rate of a uniform quantizer). ``gptq_asymmetric``: after that
     rounding, round every layer again against the original network's output given the compressed network's
-    inputs, layer by layer (`recon/asymmetric.py`; a candidate the selection test must accept).
+    inputs, layer by layer (`recon/asymmetric.py`; a candidate the selection test must accept; on in
+    ``balanced``, the default, off in ``fast`` and ``paper``).
     ``block_iters`` > 0 reconstructs the codes block by block after the rounding (`recon/blockwise.py`):
     that many steps per block at ``block_lr`` (in levels per step, cosine-decayed) against the block's
     teacher output, on QDrop's input mix (``block_input_mix``: each input element the teacher's with this
@@ -81,7 +82,7 @@ class CompressionConfig:
     gptq_samples: int = 512
     gptq_damping: float = 0.1
     gptq_rate_weight: float = 0.5
-    gptq_asymmetric: bool = False
+    gptq_asymmetric: bool = True
     block_iters: int = 0
     block_lr: float = 0.01
     block_input_mix: float = 0.5
