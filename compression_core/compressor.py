@@ -185,7 +185,10 @@ def compress(
     iterations = config.rounds * (config.transform_iters + config.weight_iters)
     optimize_idx, select_idx = split_selection(num_samples(train_inputs), config.seed)
     batchnorm_pieces = _batchnorm_pieces(num_samples(train_inputs))
-    gptq_asymmetric = config.rounding == "gptq" and config.gptq_asymmetric
+    # Only where GPTQ has layers to round (a model with none, e.g. every weight below min_coded_numel, has
+    # nothing to retarget).
+    asymmetric_layers = len(gptq_layers(work, weights)) if config.rounding == "gptq" and config.gptq_asymmetric else 0
+    gptq_asymmetric = asymmetric_layers > 0
     # Planned when it will most likely run: with GPTQ rounding, the automatic setting (None) runs the stage
     # only if the rounded-to-nearest start is what gets kept.
     batchnorm_planned = has_batchnorm(work) and _batchnorm_stage_wanted(config, gptq_rounded=config.rounding == "gptq")
@@ -200,7 +203,7 @@ def compress(
         batchnorm_samples=sum(samples for samples, _ in planned_pieces),
         batchnorm_builds=sum(builds for _, builds in planned_pieces),
         holdout_samples=holdout_idx.numel(),
-        asymmetric_layers=len(gptq_layers(work, weights)) if gptq_asymmetric else 0,
+        asymmetric_layers=asymmetric_layers,
         block_iters=config.block_iters,
         blocks=len(find_blocks(work, [p.name for p in coded], config.block_modules)) if config.block_iters else 0,
         optimize_samples=optimize_idx.numel(),
@@ -239,7 +242,7 @@ def compress(
         # Accumulating x·xᵀ of every layer's unfolded inputs costs ~10× a forward (EfficientNet-Lite0): timed
         # rather than derived.
         timeline.measure("hessian_sample", _seconds_per_hessian_sample(work, weights, train_inputs, config, device))
-    if gptq_asymmetric and weights:
+    if gptq_asymmetric:
         probe = select(train_inputs, slice(0, min(num_samples(train_inputs), config.batch_size, 8)))
         timeline.measure(
             "asymmetric_sample",

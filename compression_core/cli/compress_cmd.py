@@ -104,9 +104,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--preset",
         choices=tuple(PRESETS),
-        help="optimizer schedule: fast (GPTQ rounding, no gradient phase), balanced (the default: plus the "
-        "BatchNorm stage, still no gradient phase), paper (the reference 3 × (300 + 1000) "
-        "schedule, for a GPU); the flags below override it",
+        help="optimizer schedule: fast (GPTQ rounding, no gradient phase), balanced (the default: plus "
+        "asymmetric GPTQ and the BatchNorm stage, still no gradient phase), paper (the reference "
+        "3 × (300 + 1000) schedule, for a GPU); the flags below override it",
     )
     p.add_argument("--per-channel", action="store_true", help="learn transform parameters per output channel")
     p.add_argument(

@@ -97,8 +97,8 @@ def test_compress_judges_the_asymmetric_rounding_beside_plain_gptq(digits):
 
 
 def test_a_cancel_stops_the_asymmetric_stage_between_layers(digits):
-    """The stage measures and rounds one layer at a time (minutes on a large model): a cancel is honoured after the layer it
-    arrives in, not at the end of the stage."""
+    """The stage measures and rounds one layer at a time (minutes on a large model): a cancel is honoured after
+    the layer it arrives in, not at the end of the stage."""
     model, split = digits
     events = []
 

@@ -217,7 +217,9 @@ def test_learned_weights_are_written_only_when_they_beat_the_start_on_unseen_sam
     assert chosen["samples"] >= 8
     assert all(torch.equal(wrecked.state_dict[k], v) for k, v in start_only.state_dict.items())
     assert wrecked.summary.extra["selection"] == chosen
-    rounded = compress(model, calibration, 12.0, config=CompressionConfig(rounds=0, rounding="gptq"))
+    rounded = compress(
+        model, calibration, 12.0, config=CompressionConfig(rounds=0, rounding="gptq", gptq_asymmetric=False)
+    )
     chosen = rounded.evaluation["selection"]
     assert chosen["kept"] == "optimized" and chosen["optimized_distance"] < chosen["start_distance"]
 
