@@ -23,7 +23,7 @@ X and X̃ come from the block holding the layer (`blockwise.find_blocks`), run o
 original and the compressed network and stopped at the layer. Where an nn.Sequential feeds one block's output
 into the next (checked on a probe pass), the next block's inputs are computed from the cached ones; otherwise
 both networks run from the inputs to the block once. Running both networks from the inputs for every layer
-instead gave the same statistics bit for bit and took 281 s of EfficientNet-Lite0's stage on 2 cores, where
+instead gave the same statistics bit for bit and took 281–291 s of EfficientNet-Lite0's stage on 2 cores, where
 the cache takes 108 s and ~1 GB for 230 samples (`block_cache_mb` bounds it; beyond, a temporary file).
 """
 
