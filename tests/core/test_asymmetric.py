@@ -44,7 +44,8 @@ def _network():
     ).eval().requires_grad_(False)
 
 
-def _rounded_network(model, inputs, asymmetric: bool):
+def _gptq_rounded(model, inputs):
+    """Every weight at 2 bits, rounded by plain GPTQ: the state, the rounded weights' names and the rounder."""
     config = CompressionConfig(per_channel=False)
     sd = model.state_dict()
     plans = [plan_tensor(n, sd[n], True, config) for n in sd]
@@ -53,6 +54,11 @@ def _rounded_network(model, inputs, asymmetric: bool):
     targets = {n: (w, t) for n, w, t in state.items() if n in weights}
     rounder = GptqRounder(model, targets, inputs, 32, torch.device("cpu"), max_samples=256)
     rounder.round_into()
+    return state, weights, rounder
+
+
+def _rounded_network(model, inputs, asymmetric: bool):
+    state, weights, rounder = _gptq_rounded(model, inputs)
     note = retarget(model, state, rounder, inputs, 32, torch.device("cpu"), 256) if asymmetric else None
     rounded = copy.deepcopy(model)
     with torch.no_grad():
@@ -114,14 +120,7 @@ def test_a_cancel_stops_the_asymmetric_stage_between_layers(digits):
 
 
 def _retargeted_latents(model, inputs, **options):
-    config = CompressionConfig(per_channel=False)
-    sd = model.state_dict()
-    plans = [plan_tensor(n, sd[n], True, config) for n in sd]
-    weights = [p.name for p in plans if p.kind is not None and sd[p.name].dim() > 1]
-    state = QuantizedState(sd, plans, config, dict.fromkeys(sd, 2.0))
-    targets = {n: (w, t) for n, w, t in state.items() if n in weights}
-    rounder = GptqRounder(model, targets, inputs, 32, torch.device("cpu"), max_samples=256)
-    rounder.round_into()
+    state, _, rounder = _gptq_rounded(model, inputs)
     note = retarget(model, state, rounder, inputs, 32, torch.device("cpu"), 256, **options)
     return [w.detach().clone() for _, w, _ in state.items()], note
 
