@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -219,7 +220,7 @@ def main() -> None:
     reference = embed(encoder, held)
     json_path = RESULTS / f"{args.out}.json"
     report = {
-        "command": "HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_text.py " + " ".join(sys.argv[1:]),
+        "command": "HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_text.py " + shlex.join(sys.argv[1:]),
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": subprocess.run(
