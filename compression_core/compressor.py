@@ -31,8 +31,7 @@ from compression_core.model_io import (
 )
 from compression_core.progress import CancelCheck, ProgressCallback
 from compression_core.recon.allocation import initial_bits, sensitivity_steps
-from compression_core.recon.asymmetric import retarget
-from compression_core.recon.asymmetric import seconds_per_sample as asymmetric_seconds_per_sample
+from compression_core.recon.asymmetric import plan_stage, retarget
 from compression_core.recon.augment import is_image_batch
 from compression_core.recon.batchnorm import correct_batchnorm, has_batchnorm, recalibrate_batchnorm
 from compression_core.recon.blockwise import BlockSettings, find_blocks, reconstruct
@@ -242,12 +241,11 @@ def compress(
         # Accumulating x·xᵀ of every layer's unfolded inputs costs ~10× a forward (EfficientNet-Lite0): timed
         # rather than derived.
         timeline.measure("hessian_sample", _seconds_per_hessian_sample(work, weights, train_inputs, config, device))
+    asymmetric_plan = None
     if gptq_asymmetric:
         probe = select(train_inputs, slice(0, min(num_samples(train_inputs), config.batch_size, 8)))
-        timeline.measure(
-            "asymmetric_sample",
-            asymmetric_seconds_per_sample(work, weights, probe, device, config.block_cache_mb << 20),
-        )
+        asymmetric_plan = plan_stage(work, weights, probe, device, config.block_cache_mb << 20)
+        timeline.measure("asymmetric_sample", asymmetric_plan.seconds_per_sample)
     # Until the first landing measures them, a build (symbols + range coding) is guessed from the weight count
     # (~45 ns a weight on EfficientNet-Lite0) and the start lands in a few builds.
     timeline.measure("build", 5e-8 * coded_numel)
@@ -367,6 +365,7 @@ def compress(
             config.gptq_samples,
             on_layer=layer_done,
             cache_bytes=config.block_cache_mb << 20,
+            plan=asymmetric_plan,
         )
         later = with_phases or with_blocks
         candidates["asymmetric" if later else "optimized"] = land("land_asymmetric", "gptq", rounder)

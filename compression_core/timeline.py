@@ -173,7 +173,7 @@ def revise(timeline: Timeline) -> None:
         land_start=builds * build,
         hessians=plan["gptq_samples"] * hessian_sample,
         land_gptq=gptq_landing,
-        # Timed on a probe batch (`asymmetric.seconds_per_sample`); until then every layer's two passes are
+        # Timed on a probe batch (`asymmetric.plan_stage`); until then every layer's two passes are
         # guessed at half the network each, and H̃ and X·X̃ᵀ at two Hessian passes' products. The layers are
         # rounded once more in all.
         asymmetric=timeline.unit(

@@ -70,20 +70,25 @@ def retarget(
     max_samples: int,
     on_layer: Callable[[float], None] | None = None,
     cache_bytes: int = 2048 << 20,
+    plan: StagePlan | None = None,
 ) -> dict:
     """Give every layer ``rounder`` rounds the asymmetric target W* and the compressed network's H̃, one
     layer at a time in the order the network runs them, each rounded into ``state`` before the next is
     measured. ``model`` is the original float network; ``state`` holds the rounded start; ``on_layer`` is told
     the share of the stage's work done after each layer; activations beyond ``cache_bytes`` go to a temporary
-    file. Returns, per layer, how far W* moved from W (relative norm), and the activation cache's peak memory."""
-    segments = _plan(model, rounder.hessians, inputs, device)
+    file; ``plan`` is `plan_stage`'s for this model (made here from one batch when not given). Returns, per
+    layer, how far W* moved from W (relative norm), and the activation cache's peak memory."""
+    if plan is None:
+        probe = select(inputs, slice(0, min(num_samples(inputs), batch_size)))
+        plan = plan_stage(model, rounder.hessians, probe, device, cache_bytes)
+    planned = {unit.coded[0] for segment in plan.segments for unit in segment.layers}
+    if not planned <= set(rounder.hessians):
+        raise ValueError(f"the plan names layers GPTQ did not round: {sorted(planned - set(rounder.hessians))}")
     student = student_model(model, state)
     index_of = {name: i for i, name in enumerate(state.names)}
     subset = select(inputs, slice(0, min(num_samples(inputs), max_samples)))
-    probe = select(inputs, slice(0, min(num_samples(inputs), batch_size)))
-    work = _layer_seconds(model, segments, probe, batch_size, device, cache_bytes)
-    layer_work = iter(work)
-    done_work, total_work = 0.0, sum(work)
+    layer_work = iter(plan.layer_seconds)
+    done_work, total_work = 0.0, plan.seconds_per_sample
     notes = []
 
     def round_layer(unit: Block, hessian: torch.Tensor, cross: torch.Tensor) -> None:
@@ -103,18 +108,33 @@ def retarget(
 
     store = ActivationStore(cache_bytes)
     try:
-        _walk(model, student, segments, subset, batch_size, device, store, round_layer)
+        _walk(model, student, plan.segments, subset, batch_size, device, store, round_layer)
     finally:
         store.close()
     return {"layers": notes, "cache_peak_bytes": store.peak_memory, "spilled_bytes": store.spilled_bytes}
 
 
-def seconds_per_sample(model: nn.Module, weights, inputs: Inputs, device: torch.device, cache_bytes: int) -> float:
-    """What the stage costs per Hessian sample (the rounding apart), from a dry run of it on ``inputs`` (a
-    batch of a few samples): for the ETA before the stage runs."""
-    segments = _plan(model, weights, inputs, device)
-    batch = num_samples(inputs)
-    return sum(_layer_seconds(model, segments, inputs, batch, device, cache_bytes)) / max(1, batch)
+@dataclass
+class StagePlan:
+    """What the stage will do and cost, worked out once before it runs: the layers grouped by block in the
+    order the network runs them, and the seconds per sample each layer stands for (from a dry run), which
+    price the stage for the ETA and weigh its progress."""
+
+    segments: list[_Segment]
+    layer_seconds: list[float]
+
+    @property
+    def seconds_per_sample(self) -> float:
+        return sum(self.layer_seconds)
+
+
+def plan_stage(model: nn.Module, weights, probe: Inputs, device: torch.device, cache_bytes: int) -> StagePlan:
+    """The stage's plan for the layers GPTQ rounds among ``weights`` (names), timed by a dry run of the stage
+    on ``probe`` (a batch of a few samples)."""
+    segments = _plan(model, weights, probe, device)
+    batch = max(1, num_samples(probe))
+    seconds = _layer_seconds(model, segments, probe, batch, device, cache_bytes)
+    return StagePlan(segments, [s / batch for s in seconds])
 
 
 def _walk(
@@ -284,7 +304,7 @@ def _advance(
     store: ActivationStore,
 ) -> Captured:
     """The next block's input in ``network``: ``segment``'s block run on its cached input, then the bridge."""
-    n = _rows(fed)
+    n = fed.samples
     following: Captured | None = None
     for start in range(0, n, batch_size):
         args, kwargs = fed.batch(torch.arange(start, min(n, start + batch_size)), device)
@@ -297,10 +317,6 @@ def _advance(
             following = Captured([Stacked(value, n, store)], {})
         following.args[0].append(value)
     return following
-
-
-def _rows(fed: Captured) -> int:
-    return next(v.data.shape[0] for v in [*fed.args, *fed.kwargs.values()] if isinstance(v, Stacked))
 
 
 def _layer_statistics(
@@ -338,7 +354,7 @@ def _layer_statistics(
         model.get_submodule(layer).register_forward_pre_hook(take),
         student.get_submodule(layer).register_forward_pre_hook(combine),
     ]
-    n = _rows(fed[0])
+    n = fed[0].samples
     try:
         for start in range(0, n, batch_size):
             index = torch.arange(start, min(n, start + batch_size))

@@ -121,6 +121,11 @@ class Captured:
     def targets(self, index: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
         return [o[index].to(device) for o in self.outputs]
 
+    @property
+    def samples(self) -> int:
+        """How many samples the calls hold (the rows of the first stacked argument)."""
+        return next(v.data.shape[0] for v in [*self.args, *self.kwargs.values()] if isinstance(v, Stacked))
+
 
 class Stacked:
     """Per-sample tensor storage, in memory or in a memory-mapped temporary file, filled batch by batch."""
