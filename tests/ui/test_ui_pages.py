@@ -136,6 +136,17 @@ def test_uploads_need_the_csrf_token_and_land_in_the_sessions_tenant(database):
     assert client.get("/v1/checkpoints", headers={"Authorization": f"Bearer {other}"}).json()["data"] == []
 
 
+def test_an_empty_picker_says_to_upload_and_an_upload_replaces_that(database):
+    client, _ = signed_in(database, "pages-empty")
+    placeholder = "nothing uploaded yet: upload a file below"
+    assert client.get("/ui/new").text.count(placeholder) == 2  # checkpoint and calibration data
+    client.post(
+        "/ui/api/checkpoints", params={"filename": "m.pt"}, content=b"w", headers={"X-CSRF-Token": page_csrf(client)}
+    )
+    page = client.get("/ui/new").text
+    assert page.count(placeholder) == 1 and "m.pt" in page
+
+
 def test_a_bad_job_comes_back_as_the_apis_422_with_one_entry_per_field(database):
     client, _ = signed_in(database, "pages-422")
     answer = client.post(
