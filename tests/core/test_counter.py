@@ -106,6 +106,6 @@ def test_one_histogram_for_many_tensors_equals_the_weighted_sum_of_their_own(ker
     got = entropy_bits_many(together, weights, kernel_name)
     expected.backward()
     got.backward()
-    assert float(got) == pytest.approx(float(expected), rel=1e-6)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
     for a, b in zip(alone, together, strict=True):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-5)
