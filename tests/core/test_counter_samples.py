@@ -20,7 +20,7 @@ def test_subsampled_rate_estimates_the_exact_rate_and_keeps_its_gradient():
     sampled = _state(8192)
     _, exact_bits = exact.quantized_and_rate()
     _, sampled_bits = sampled.quantized_and_rate()
-    assert abs(float(sampled_bits) / float(exact_bits) - 1.0) < 0.03
+    assert abs(sampled_bits.item() / exact_bits.item() - 1.0) < 0.03
     sampled_bits.backward()
     step_grads = [p.grad for p in sampled.transform_parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in step_grads)
