@@ -31,6 +31,6 @@ def test_the_subset_is_fixed_and_small_tensors_are_counted_whole():
     state = _state(8192)
     _, first = state.quantized_and_rate()
     _, second = state.quantized_and_rate()
-    assert float(first) == float(second)
+    assert first.item() == second.item()
     assert state._counter_subset(0, 256 * 512).numel() == 8192
     assert state._counter_subset(1, 64 * 32) is None
