@@ -152,7 +152,7 @@ def test_cached_block_inputs_give_what_running_from_the_inputs_gives(make, monke
     assert segments == []
     cached, note = _retargeted_latents(model, inputs)
     on_disk, disk_note = _retargeted_latents(model, inputs, cache_bytes=0)
-    # compress plans the stage once, before GPTQ, on a probe of a few samples (the ETA's dry run)
+    # compress plans the stage once, before GPTQ, on its own probe batch: any probe gives the same codes
     plan = asymmetric.plan_stage(model, _gptq_rounded(model, inputs)[1], inputs[:4], torch.device("cpu"), 1 << 30)
     assert len(plan.layer_seconds) == len(cached) and plan.seconds_per_sample > 0  # one per rounded layer
     planned, _ = _retargeted_latents(model, inputs, plan=plan)
