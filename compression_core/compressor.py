@@ -368,6 +368,7 @@ def compress(
             on_layer=layer_done,
             cache_bytes=config.block_cache_mb << 20,
             plan=asymmetric_plan,
+            strength=config.gptq_asymmetric_strength,
         )
         later = with_phases or with_blocks
         candidates["asymmetric" if later else "optimized"] = land("land_asymmetric", "gptq", rounder)

@@ -83,6 +83,7 @@ class CompressionConfig:
     gptq_damping: float = 0.1
     gptq_rate_weight: float = 0.5
     gptq_asymmetric: bool = True
+    gptq_asymmetric_strength: float = 1.0
     block_iters: int = 0
     block_lr: float = 0.01
     block_input_mix: float = 0.5
@@ -131,6 +132,7 @@ class CompressionConfig:
         need(self.gptq_samples >= 1, "gptq_samples", "must be ≥ 1")
         need(self.gptq_damping > 0, "gptq_damping", "must be > 0")
         need(0 <= self.gptq_rate_weight <= 100, "gptq_rate_weight", "must be between 0 and 100")
+        need(0 < self.gptq_asymmetric_strength <= 1, "gptq_asymmetric_strength", "must be in (0, 1]")
         need(self.block_iters >= 0, "block_iters", "must be ≥ 0 (0: no block-wise reconstruction)")
         need(self.block_lr > 0, "block_lr", "must be > 0 (levels per step)")
         need(0.0 <= self.block_input_mix <= 1.0, "block_input_mix", "must be in [0, 1]")

@@ -71,6 +71,7 @@ def retarget(
     on_layer: Callable[[float], None] | None = None,
     cache_bytes: int = 2048 << 20,
     plan: StagePlan | None = None,
+    strength: float = 1.0,
 ) -> dict:
     """Give every layer ``rounder`` rounds the asymmetric target W* and the compressed network's H̃, one
     layer at a time in the order the network runs them, each rounded into ``state`` before the next is
@@ -95,7 +96,7 @@ def retarget(
         nonlocal done_work
         name = unit.coded[0]
         original = rounder.originals[name]
-        target = asymmetric_target(original, hessian, cross, CORRECTION_DAMPING)
+        target = asymmetric_target(original, hessian, cross, CORRECTION_DAMPING, strength)
         rounder.originals[name], rounder.hessians[name] = target, hessian
         rounded = rounder.rounded(name)
         state.latents[index_of[name]].copy_(rounded)
@@ -372,11 +373,13 @@ def _layer_statistics(
     return sums[0] / count, sums[1] / count
 
 
-def asymmetric_target(weight: torch.Tensor, hessian: torch.Tensor, cross: torch.Tensor, damping: float) -> torch.Tensor:
-    """W* = W + W·(C − H̃)·(H̃ + λ·mean diag H̃·I)⁻¹ per group, in W's shape."""
+def asymmetric_target(
+    weight: torch.Tensor, hessian: torch.Tensor, cross: torch.Tensor, damping: float, strength: float = 1.0
+) -> torch.Tensor:
+    """W* = W + α·W·(C − H̃)·(H̃ + λ·mean diag H̃·I)⁻¹ per group, in W's shape (α = ``strength``)."""
     groups, k = hessian.shape[0], hessian.shape[1]
     w = weight.detach().double().reshape(groups, -1, k)
     h, _ = damped(hessian, damping)
     # (C − H̃)·(H̃ + λ)⁻¹ = ((H̃ + λ)⁻¹·(C − H̃)ᵀ)ᵀ, H̃ symmetric
     shift = torch.linalg.solve(h, (cross.double() - hessian.double()).transpose(1, 2)).transpose(1, 2)
-    return (w + torch.bmm(w, shift)).reshape(weight.shape).to(weight.dtype)
+    return (w + strength * torch.bmm(w, shift)).reshape(weight.shape).to(weight.dtype)
