@@ -188,7 +188,7 @@ def render(journal: Path, path: Path) -> None:
             if r["subject"] != subject:
                 continue
             scores = "; ".join(
-                ", ".join(f"{m} {v:.4f}" for m, v in s.items()) for s in r["scores"].values()
+                ", ".join(f"{m} {v:.4f}" for m, v in s.items() if isinstance(v, float)) for s in r["scores"].values()
             )
             lines.append(
                 f"| {r['variant']} | `{r['overrides']}` | {r['target']:g}× | {r['ratio']:.2f}× | {scores} | "

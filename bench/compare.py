@@ -14,10 +14,16 @@ fp32 (agreement is 100 % by definition for fp32 and falls faster than accuracy).
 Per NNCodec point (ratio r_N, score a_N): the ratio L² reaches at score a_N (same rule) and
 L²'s score at r_N (inside L²'s sampled ratio range only). Single points are noisy on small test sets; the
 level-based headline is the figure to quote.
+
+Presets against each other (`paired_presets`): where a panel keeps its per-photo means, each longer schedule
+is compared with the next shorter one at the same target on the same photos. The difference of two runs on
+the same photos is far less noisy than either score's own error bar (the photos' difficulty cancels), so this
+is what says whether a longer preset is better, worse, or not distinguishable on the bench.
 """
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 DROPS = (0.005, 0.01, 0.02, 0.05)
@@ -26,6 +32,8 @@ DEFAULT_HEADLINE_DROP = 0.01
 GOAL = 1.3
 L2 = "L²"
 NNCODEC_PREFIX = "NNCodec"
+# Shortest schedule first; "L²" is the profile's own configuration (`balanced` in the cpu profile).
+PRESET_CHAIN = ("L² (initial allocation only, --rounds 0)", "L² (preset fast)", L2, "L² (preset paper)")
 
 
 def _points(runs: list[dict], panel: str, metric: str, method_prefix: str, exact: bool = False) -> list[dict]:
@@ -140,6 +148,53 @@ def _compare_panel(subject: str, panel: str, metric: str, runs: list[dict], seco
     }
 
 
+def paired_presets(report: dict) -> list[dict]:
+    """Each schedule of `PRESET_CHAIN` against the next shorter one measured at the same target, on every
+    panel that keeps per-photo means: the mean paired difference (longer − shorter) of agreement and KL with
+    its standard error over the photos, and the KL difference's z."""
+    rows = []
+    for subject, data in report.get("subjects", {}).items():
+        by_method = {}
+        for r in data["runs"]:
+            by_method.setdefault(r["method"], {})[r["setting"]] = r
+        chain = [m for m in PRESET_CHAIN if m in by_method]
+        for shorter, longer in itertools.pairwise(chain):
+            for setting, run in by_method[longer].items():
+                base = by_method[shorter].get(setting)
+                if base is None:
+                    continue
+                for panel, scores in run["scores"].items():
+                    photos, base_photos = scores.get("per_photo"), base["scores"].get(panel, {}).get("per_photo")
+                    if not photos or not base_photos:
+                        continue
+                    row = {
+                        "subject": subject,
+                        "panel": panel,
+                        "setting": setting,
+                        "shorter": shorter,
+                        "longer": longer,
+                        "photos": len(photos["kl"]),
+                    }
+                    for metric in ("agreement", "kl"):
+                        row[metric] = _paired_difference(photos[metric], base_photos[metric])
+                    row["kl_relative"] = row["kl"]["mean"] / base["scores"][panel]["kl"]
+                    rows.append(row)
+    return rows
+
+
+def _paired_difference(longer: list[float], shorter: list[float]) -> dict:
+    """Mean of the per-photo differences, its standard error and z (0 when the differences do not vary)."""
+    diffs = [a - b for a, b in zip(longer, shorter, strict=True)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    se = (sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) ** 0.5 if n > 1 else 0.0
+    return {"mean": mean, "se": se, "z": mean / se if se > 0 else 0.0}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _fmt(v, digits: int = 4) -> str:
     if v is None:
         return "–"
@@ -178,7 +233,7 @@ def render_markdown(report: dict) -> str:
         fp32_scores = next((r["scores"] for r in data["runs"] if r["method"] == "fp32"), {})
         for panel, metric in panels.items():
             cols.append((panel, metric))
-            cols += [(panel, m) for m in fp32_scores.get(panel, {}) if m != metric]
+            cols += [(panel, m) for m, v in fp32_scores.get(panel, {}).items() if m != metric and _is_number(v)]
         head += [f"{m} ({p})" if len(panels) > 1 else m for p, m in cols] + ["compress s", "decode s"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in data["runs"]:
@@ -203,6 +258,7 @@ def render_markdown(report: dict) -> str:
             f"L² config: `{_compact(data['l2_config'])}`; subject took {data.get('seconds', 0):.0f} s.",
             "",
         ]
+    lines += _render_paired(paired_presets(report))
     comps = report.get("comparisons", [])
     if comps:
         lines += [
@@ -268,6 +324,28 @@ def render_markdown(report: dict) -> str:
                 )
         lines.append("")
     return "\n".join(lines)
+
+
+def _render_paired(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        "## Each longer schedule against the next shorter, paired on the same photos",
+        "",
+        "Longer − shorter, the mean of the per-photo differences ± its standard error over the photos (z = "
+        "mean / SE; |z| < 2 is not distinguishable on this bench). Lower KL and higher agreement are better.",
+        "",
+        "| subject | target | shorter → longer | Δ agreement | Δ KL | Δ KL relative | z (KL) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        a, k = r["agreement"], r["kl"]
+        lines.append(
+            f"| {r['subject']} | {r['setting']} | {r['shorter']} → {r['longer']} | "
+            f"{a['mean']:+.3f} ± {a['se']:.3f} | {k['mean']:+.4f} ± {k['se']:.4f} | "
+            f"{100 * r['kl_relative']:+.0f} % | {k['z']:+.1f} |"
+        )
+    return lines + [""]
 
 
 def _compact(config: dict) -> str:

@@ -434,12 +434,17 @@ def _fashion_probe(model: nn.Module, probe_train: int, probe_test: int, probe_si
     return evaluate_probe
 
 
+def _photo_means(per_crop: torch.Tensor, photo_of_crop: torch.Tensor) -> torch.Tensor:
+    """A per-crop score averaged over each photo's crops: the photo is the unit of every error bar here."""
+    photos = int(photo_of_crop.max()) + 1
+    return torch.zeros(photos).index_add_(0, photo_of_crop, per_crop.float()) / torch.bincount(photo_of_crop)
+
+
 def _photo_standard_error(per_crop: torch.Tensor, photo_of_crop: torch.Tensor) -> float:
     """Standard error of a per-crop score's mean with the photo as the unit: crops of one photo are not
     independent, so the spread of the per-photo means (over √photos) is what tells two runs apart."""
-    photos = int(photo_of_crop.max()) + 1
-    means = torch.zeros(photos).index_add_(0, photo_of_crop, per_crop.float()) / torch.bincount(photo_of_crop)
-    return float(means.std() / photos**0.5) if photos > 1 else 0.0
+    means = _photo_means(per_crop, photo_of_crop)
+    return float(means.std() / len(means) ** 0.5) if len(means) > 1 else 0.0
 
 
 def efficientnet_lite0(
@@ -496,6 +501,11 @@ def efficientnet_lite0(
             "kl": float(kl.mean()),
             "agreement_se": _photo_standard_error(agrees, photo_of_crop),
             "kl_se": _photo_standard_error(kl, photo_of_crop),
+            # per-photo means, so two runs can be compared paired on the same photos (`compare.paired_presets`)
+            "per_photo": {
+                "agreement": [round(float(v), 6) for v in _photo_means(agrees, photo_of_crop)],
+                "kl": [round(float(v), 7) for v in _photo_means(kl, photo_of_crop)],
+            },
         }
 
     evaluations = {"efficientnet_lite0 (natural crops)": (evaluate_agreement, "agreement")}

@@ -36,6 +36,18 @@ def test_the_target_solves_the_least_squares_against_the_original_output():
     assert (target @ x_student - w @ x).pow(2).mean() < 0.1 * (w @ x_student - w @ x).pow(2).mean()
 
 
+
+def test_a_weaker_correction_moves_the_target_part_of_the_way():
+    torch.manual_seed(0)
+    w, x = torch.randn(6, 10), torch.randn(10, 400)
+    x_student = x + 0.2 * torch.randn(10, 400)
+    h = (x_student @ x_student.t() / 400).unsqueeze(0)
+    cross = (x @ x_student.t() / 400).unsqueeze(0)
+    full = asymmetric_target(w, h, cross, damping=1.0)
+    quarter = asymmetric_target(w, h, cross, damping=1.0, strength=0.25)
+    assert (full - w).norm() > 0.05 * w.norm()
+    assert torch.allclose(quarter, w + 0.25 * (full - w), atol=1e-5)
+
 def _network():
     torch.manual_seed(0)
     return nn.Sequential(
