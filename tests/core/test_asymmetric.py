@@ -40,7 +40,7 @@ def test_the_target_solves_the_least_squares_against_the_original_output():
 def test_a_weaker_correction_moves_the_target_part_of_the_way():
     torch.manual_seed(0)
     w, x = torch.randn(6, 10), torch.randn(10, 400)
-    x_student = x + 0.2 * torch.randn(10, 400)
+    x_student = (torch.eye(10) + 0.3 * torch.randn(10, 10)) @ x
     h = (x_student @ x_student.t() / 400).unsqueeze(0)
     cross = (x @ x_student.t() / 400).unsqueeze(0)
     full = asymmetric_target(w, h, cross, damping=1.0)
@@ -56,12 +56,18 @@ def _network():
     ).eval().requires_grad_(False)
 
 
-def _gptq_rounded(model, inputs):
-    """Every weight at 2 bits, rounded by plain GPTQ: the state, the rounded weights' names and the rounder."""
+def _plans(model):
+    """Every tensor's coding plan, and the names of the weights GPTQ rounds (the coded ones with 2+ dims)."""
     config = CompressionConfig(per_channel=False)
     sd = model.state_dict()
     plans = [plan_tensor(n, sd[n], True, config) for n in sd]
-    weights = [p.name for p in plans if p.kind is not None and sd[p.name].dim() > 1]
+    return config, plans, [p.name for p in plans if p.kind is not None and sd[p.name].dim() > 1]
+
+
+def _gptq_rounded(model, inputs):
+    """Every weight at 2 bits, rounded by plain GPTQ: the state, the rounded weights' names and the rounder."""
+    config, plans, weights = _plans(model)
+    sd = model.state_dict()
     state = QuantizedState(sd, plans, config, dict.fromkeys(sd, 2.0))
     targets = {n: (w, t) for n, w, t in state.items() if n in weights}
     rounder = GptqRounder(model, targets, inputs, 32, torch.device("cpu"), max_samples=256)
@@ -165,7 +171,7 @@ def test_cached_block_inputs_give_what_running_from_the_inputs_gives(make, monke
     cached, note = _retargeted_latents(model, inputs)
     on_disk, disk_note = _retargeted_latents(model, inputs, cache_bytes=0)
     # compress plans the stage once, before GPTQ, on its own probe batch: any probe gives the same codes
-    plan = asymmetric.plan_stage(model, _gptq_rounded(model, inputs)[1], inputs[:4], torch.device("cpu"), 1 << 30)
+    plan = asymmetric.plan_stage(model, _plans(model)[2], inputs[:4], torch.device("cpu"), 1 << 30)
     assert len(plan.layer_seconds) == len(cached) and plan.seconds_per_sample > 0  # one per rounded layer
     planned, _ = _retargeted_latents(model, inputs, plan=plan)
     monkeypatch.setattr(asymmetric, "_sequential_bridge", lambda *_: [])
