@@ -253,10 +253,16 @@ def machine_description() -> str:
 
 
 def git_commit() -> str:
-    """HEAD of the tree the bench runs in, marked ``+uncommitted`` when tracked files differ from it."""
+    """HEAD of the tree the bench runs in, marked ``+uncommitted`` when tracked files differ from it (results
+    aside: a bench appending to its own journal has not changed the code it measures)."""
     try:
-        head = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
-        changed = subprocess.check_output(["git", "status", "--porcelain", "--untracked-files=no"], text=True)
+        root = Path(__file__).resolve().parent.parent
+        head = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True, cwd=root).strip()
+        changed = subprocess.check_output(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results"],
+            text=True,
+            cwd=root,
+        )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{head}+uncommitted" if changed.strip() else head
