@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import inspect
+import itertools
 import json
 import logging
 import sys
@@ -27,6 +28,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import models as bench_models  # noqa: E402
+from bench.compare import paired_difference  # noqa: E402
 from bench.run_all import evaluate_run, git_commit, machine_description, run_l2  # noqa: E402
 from compression_core.config import CompressionConfig  # noqa: E402
 
@@ -187,9 +189,7 @@ def render(journal: Path, path: Path) -> None:
         for r in rows:
             if r["subject"] != subject:
                 continue
-            scores = "; ".join(
-                ", ".join(f"{m} {v:.4f}" for m, v in s.items() if isinstance(v, float)) for s in r["scores"].values()
-            )
+            scores = "; ".join(_score_text(s) for s in r["scores"].values())
             lines.append(
                 f"| {r['variant']} | `{r['overrides']}` | {r['target']:g}× | {r['ratio']:.2f}× | {scores} | "
                 f"{r['compress_s']:.0f} | {r.get('tag', '')} | {r['commit']} |"
@@ -206,12 +206,64 @@ def render(journal: Path, path: Path) -> None:
             ]
             for r in attributed:
                 cells = [
-                    ", ".join(f"{m} {v:.4f}" for m, v in r["attribution"].get(family, {}).items())
+                    _score_text(r["attribution"].get(family, {}))
                     for family in attributed[0]["attribution"]
                 ]
                 lines.append(f"| {r['variant']} | {r['target']:g}× | " + " | ".join(cells) + f" | {r['commit']} |")
             lines.append("")
+        lines += _render_paired([r for r in rows if r["subject"] == subject])
     path.write_text("\n".join(lines))
+
+
+def _score_text(scores: dict) -> str:
+    """A panel's scalar scores (its per-photo lists left out)."""
+    return ", ".join(f"{m} {v:.4f}" for m, v in scores.items() if isinstance(v, float))
+
+
+def paired_rows(rows: list[dict]) -> list[dict]:
+    """Within each invocation (rows of one command, in a row), every variant against the invocation's first at
+    the same target, on every panel both scored per photo: the photos' own difficulty cancels in the paired
+    difference, which tells variants apart where each one's error bar cannot."""
+    out = []
+    for _, group in itertools.groupby(rows, key=lambda r: r["command"]):
+        group = list(group)
+        reference = group[0]["variant"]
+        base = {r["target"]: r for r in group if r["variant"] == reference}
+        for r in group:
+            if r["variant"] == reference or r["target"] not in base:
+                continue
+            for panel, scores in r["scores"].items():
+                photos = scores.get("per_photo")
+                base_photos = base[r["target"]]["scores"].get(panel, {}).get("per_photo")
+                if photos and base_photos:
+                    out.append({
+                        "variant": r["variant"], "reference": reference, "target": r["target"], "commit": r["commit"],
+                        **{m: paired_difference(photos[m], base_photos[m]) for m in ("agreement", "kl")},
+                        "kl_relative": (scores["kl"] - base[r["target"]]["scores"][panel]["kl"])
+                        / base[r["target"]]["scores"][panel]["kl"],
+                    })
+    return out
+
+
+def _render_paired(rows: list[dict]) -> list[str]:
+    paired = paired_rows(rows)
+    if not paired:
+        return []
+    lines = [
+        "Paired on the same evaluation photos (runs that kept per-photo means): each variant against the first "
+        "variant of its invocation at the same target, the mean per-photo difference ± its standard error, "
+        "z = mean / SE (|z| < 2: not distinguishable on this bench).",
+        "",
+        "| variant | against | target | Δ agreement | Δ KL | Δ KL relative | z (KL) | commit |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in paired:
+        a, k = p["agreement"], p["kl"]
+        lines.append(
+            f"| {p['variant']} | {p['reference']} | {p['target']:g}× | {a['mean']:+.3f} ± {a['se']:.3f} | "
+            f"{k['mean']:+.4f} ± {k['se']:.4f} | {100 * p['kl_relative']:+.0f} % | {k['z']:+.1f} | {p['commit']} |"
+        )
+    return lines + [""]
 
 
 if __name__ == "__main__":

@@ -176,13 +176,13 @@ def paired_presets(report: dict) -> list[dict]:
                         "photos": len(photos["kl"]),
                     }
                     for metric in ("agreement", "kl"):
-                        row[metric] = _paired_difference(photos[metric], base_photos[metric])
+                        row[metric] = paired_difference(photos[metric], base_photos[metric])
                     row["kl_relative"] = row["kl"]["mean"] / base["scores"][panel]["kl"]
                     rows.append(row)
     return rows
 
 
-def _paired_difference(longer: list[float], shorter: list[float]) -> dict:
+def paired_difference(longer: list[float], shorter: list[float]) -> dict:
     """Mean of the per-photo differences, its standard error and z (0 when the differences do not vary)."""
     diffs = [a - b for a, b in zip(longer, shorter, strict=True)]
     n = len(diffs)
