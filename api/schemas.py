@@ -68,6 +68,13 @@ class CompressionOptions(_Strict):
         "compressed network's inputs (a candidate the selection test must accept; ~2 min more for "
         "EfficientNet-Lite0 on 2 cores); on in balanced, the default",
     )
+    gptq_asymmetric_strength: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="how much of the asymmetric correction the target takes (1 = all of it; it is a least-squares "
+        "fit to the calibration samples)",
+    )
     sensitivity_batches: int | None = Field(None, ge=1, le=10_000, description="probe batches of the allocation")
     sensitivity_exponent: float | None = Field(
         None, ge=0, le=1, description="steps ∝ sensitivity^−exponent in the allocation; 0 = one step for all"
