@@ -28,7 +28,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import models as bench_models  # noqa: E402
-from bench.compare import paired_difference  # noqa: E402
+from bench.compare import paired_cells, paired_scores  # noqa: E402
 from bench.run_all import evaluate_run, git_commit, machine_description, run_l2  # noqa: E402
 from compression_core.config import CompressionConfig  # noqa: E402
 
@@ -233,15 +233,10 @@ def paired_rows(rows: list[dict]) -> list[dict]:
             if r["variant"] == reference or r["target"] not in base:
                 continue
             for panel, scores in r["scores"].items():
-                photos = scores.get("per_photo")
-                base_photos = base[r["target"]]["scores"].get(panel, {}).get("per_photo")
-                if photos and base_photos:
-                    out.append({
-                        "variant": r["variant"], "reference": reference, "target": r["target"], "commit": r["commit"],
-                        **{m: paired_difference(photos[m], base_photos[m]) for m in ("agreement", "kl")},
-                        "kl_relative": (scores["kl"] - base[r["target"]]["scores"][panel]["kl"])
-                        / base[r["target"]]["scores"][panel]["kl"],
-                    })
+                paired = paired_scores(scores, base[r["target"]]["scores"].get(panel, {}))
+                if paired:
+                    out.append({"variant": r["variant"], "reference": reference, "target": r["target"],
+                                "commit": r["commit"], **paired})
     return out
 
 
@@ -258,11 +253,7 @@ def _render_paired(rows: list[dict]) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     for p in paired:
-        a, k = p["agreement"], p["kl"]
-        lines.append(
-            f"| {p['variant']} | {p['reference']} | {p['target']:g}× | {a['mean']:+.3f} ± {a['se']:.3f} | "
-            f"{k['mean']:+.4f} ± {k['se']:.4f} | {100 * p['kl_relative']:+.0f} % | {k['z']:+.1f} | {p['commit']} |"
-        )
+        lines.append(f"| {p['variant']} | {p['reference']} | {p['target']:g}× | {paired_cells(p)} | {p['commit']} |")
     return lines + [""]
 
 

@@ -164,22 +164,35 @@ def paired_presets(report: dict) -> list[dict]:
                 if base is None:
                     continue
                 for panel, scores in run["scores"].items():
-                    photos, base_photos = scores.get("per_photo"), base["scores"].get(panel, {}).get("per_photo")
-                    if not photos or not base_photos:
-                        continue
-                    row = {
-                        "subject": subject,
-                        "panel": panel,
-                        "setting": setting,
-                        "shorter": shorter,
-                        "longer": longer,
-                        "photos": len(photos["kl"]),
-                    }
-                    for metric in ("agreement", "kl"):
-                        row[metric] = paired_difference(photos[metric], base_photos[metric])
-                    row["kl_relative"] = row["kl"]["mean"] / base["scores"][panel]["kl"]
-                    rows.append(row)
+                    paired = paired_scores(scores, base["scores"].get(panel, {}))
+                    if paired:
+                        rows.append(
+                            {"subject": subject, "panel": panel, "setting": setting, "shorter": shorter,
+                             "longer": longer, **paired}
+                        )
     return rows
+
+
+def paired_scores(scores: dict, base: dict) -> dict | None:
+    """One panel's scores against another run's on the same photos: the paired differences of agreement and
+    KL and the relative change of the mean KL; None unless both kept their per-photo means."""
+    photos, base_photos = scores.get("per_photo"), base.get("per_photo")
+    if not photos or not base_photos:
+        return None
+    return {
+        "photos": len(photos["kl"]),
+        **{metric: paired_difference(photos[metric], base_photos[metric]) for metric in ("agreement", "kl")},
+        "kl_relative": scores["kl"] / base["kl"] - 1,
+    }
+
+
+def paired_cells(row: dict) -> str:
+    """The table cells of a `paired_scores` row: Δ agreement, Δ KL (each ± SE), Δ KL relative, z of KL."""
+    a, k = row["agreement"], row["kl"]
+    return (
+        f"{a['mean']:+.3f} ± {a['se']:.3f} | {k['mean']:+.4f} ± {k['se']:.4f} | "
+        f"{100 * row['kl_relative']:+.0f} % | {k['z']:+.1f}"
+    )
 
 
 def paired_difference(longer: list[float], shorter: list[float]) -> dict:
@@ -339,12 +352,7 @@ def _render_paired(rows: list[dict]) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        a, k = r["agreement"], r["kl"]
-        lines.append(
-            f"| {r['subject']} | {r['setting']} | {r['shorter']} → {r['longer']} | "
-            f"{a['mean']:+.3f} ± {a['se']:.3f} | {k['mean']:+.4f} ± {k['se']:.4f} | "
-            f"{100 * r['kl_relative']:+.0f} % | {k['z']:+.1f} |"
-        )
+        lines.append(f"| {r['subject']} | {r['setting']} | {r['shorter']} → {r['longer']} | {paired_cells(r)} |")
     return lines + [""]
 
 

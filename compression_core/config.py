@@ -40,7 +40,9 @@ class CompressionConfig:
     compensation, 1 = the high-rate exchange rate of a uniform quantizer). ``gptq_asymmetric``: after that
     rounding, round every layer again against the original network's output given the compressed network's
     inputs, layer by layer (`recon/asymmetric.py`; a candidate the selection test must accept; on in
-    ``balanced``, the default, off in ``fast`` and ``paper``).
+    ``balanced``, the default, off in ``fast`` and ``paper``); ``gptq_asymmetric_strength`` (0–1]: the share of
+    that stage's correction the target takes (it is a least-squares fit to the calibration samples; 0.25 and 0.5
+    measured no better than 1 on EfficientNet-Lite0, docs/method.md).
     ``block_iters`` > 0 reconstructs the codes block by block after the rounding (`recon/blockwise.py`):
     that many steps per block at ``block_lr`` (in levels per step, cosine-decayed) against the block's
     teacher output, on QDrop's input mix (``block_input_mix``: each input element the teacher's with this
