@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     journal = args.out / "ablation.jsonl"
     machine = machine_description()
+    commit = git_commit()  # the code this process loaded, not whatever HEAD is when a run ends
     for name in args.models:
         subject = load_subject(name, subject_overrides, probe=args.probe)
         for variant, overrides in args.variant:
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
                     "selection": run.extra["holdout"].get("selection"),
                     **({"attribution": attribution} if attribution else {}),
                     "tag": args.tag,
-                    "commit": git_commit(),
+                    "commit": commit,
                     "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                     "machine": machine,
                     "command": " ".join(sys.argv),
