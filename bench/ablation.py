@@ -28,7 +28,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import models as bench_models  # noqa: E402
-from bench.compare import paired_cells, paired_scores  # noqa: E402
+from bench.compare import is_scalar_score, paired_cells, paired_scores  # noqa: E402
 from bench.run_all import evaluate_run, git_commit, machine_description, run_l2  # noqa: E402
 from compression_core.config import CompressionConfig  # noqa: E402
 
@@ -218,7 +218,7 @@ def render(journal: Path, path: Path) -> None:
 
 def _score_text(scores: dict) -> str:
     """A panel's scalar scores (its per-photo lists left out)."""
-    return ", ".join(f"{m} {v:.4f}" for m, v in scores.items() if isinstance(v, float))
+    return ", ".join(f"{m} {v:.4f}" for m, v in scores.items() if is_scalar_score(v))
 
 
 def paired_rows(rows: list[dict]) -> list[dict]:

@@ -204,7 +204,8 @@ def paired_difference(longer: list[float], shorter: list[float]) -> dict:
     return {"mean": mean, "se": se, "z": mean / se if se > 0 else 0.0}
 
 
-def _is_number(value) -> bool:
+def is_scalar_score(value) -> bool:
+    """A score to print in a table (not a per-photo list, not a flag)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -246,7 +247,7 @@ def render_markdown(report: dict) -> str:
         fp32_scores = next((r["scores"] for r in data["runs"] if r["method"] == "fp32"), {})
         for panel, metric in panels.items():
             cols.append((panel, metric))
-            cols += [(panel, m) for m, v in fp32_scores.get(panel, {}).items() if m != metric and _is_number(v)]
+            cols += [(panel, m) for m, v in fp32_scores.get(panel, {}).items() if m != metric and is_scalar_score(v)]
         head += [f"{m} ({p})" if len(panels) > 1 else m for p, m in cols] + ["compress s", "decode s"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in data["runs"]:

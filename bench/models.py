@@ -440,11 +440,10 @@ def _photo_means(per_crop: torch.Tensor, photo_of_crop: torch.Tensor) -> torch.T
     return torch.zeros(photos).index_add_(0, photo_of_crop, per_crop.float()) / torch.bincount(photo_of_crop)
 
 
-def _photo_standard_error(per_crop: torch.Tensor, photo_of_crop: torch.Tensor) -> float:
+def _standard_error(photo_means: torch.Tensor) -> float:
     """Standard error of a per-crop score's mean with the photo as the unit: crops of one photo are not
     independent, so the spread of the per-photo means (over √photos) is what tells two runs apart."""
-    means = _photo_means(per_crop, photo_of_crop)
-    return float(means.std() / len(means) ** 0.5) if len(means) > 1 else 0.0
+    return float(photo_means.std() / len(photo_means) ** 0.5) if len(photo_means) > 1 else 0.0
 
 
 def efficientnet_lite0(
@@ -496,15 +495,16 @@ def efficientnet_lite0(
         logp = F.log_softmax(logits, 1)
         kl = (reference_logp.exp() * (reference_logp - logp)).sum(1)
         agrees = (logits.argmax(1) == reference_top1).float()
+        agree_means, kl_means = _photo_means(agrees, photo_of_crop), _photo_means(kl, photo_of_crop)
         return {
             "agreement": float(agrees.mean()),
             "kl": float(kl.mean()),
-            "agreement_se": _photo_standard_error(agrees, photo_of_crop),
-            "kl_se": _photo_standard_error(kl, photo_of_crop),
+            "agreement_se": _standard_error(agree_means),
+            "kl_se": _standard_error(kl_means),
             # per-photo means, so two runs can be compared paired on the same photos (`compare.paired_presets`)
             "per_photo": {
-                "agreement": [round(float(v), 6) for v in _photo_means(agrees, photo_of_crop)],
-                "kl": [round(float(v), 7) for v in _photo_means(kl, photo_of_crop)],
+                "agreement": [round(float(v), 6) for v in agree_means],
+                "kl": [round(float(v), 7) for v in kl_means],
             },
         }
 

@@ -13,13 +13,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def test_the_photo_standard_error_treats_the_photo_not_the_crop_as_the_unit():
-    from bench.models import _photo_standard_error
+    from bench.models import _photo_means, _standard_error
 
     photo_of_crop = torch.arange(40) % 2  # two photos, 20 crops each
     per_crop = photo_of_crop.float()  # every crop of photo 0 scores 0, of photo 1 scores 1
     # Per-photo means 0 and 1: std 1/√2 over √2 photos. Crops as the unit would claim 0.08.
-    assert _photo_standard_error(per_crop, photo_of_crop) == pytest.approx(0.5)
-    assert _photo_standard_error(torch.ones(40), photo_of_crop) == 0.0
+    assert _standard_error(_photo_means(per_crop, photo_of_crop)) == pytest.approx(0.5)
+    assert _standard_error(_photo_means(torch.ones(40), photo_of_crop)) == 0.0
 
 
 def test_the_crops_are_spread_over_the_photos_as_the_standard_error_assumes():

@@ -36,7 +36,6 @@ def test_the_target_solves_the_least_squares_against_the_original_output():
     assert (target @ x_student - w @ x).pow(2).mean() < 0.1 * (w @ x_student - w @ x).pow(2).mean()
 
 
-
 def test_a_weaker_correction_moves_the_target_part_of_the_way():
     torch.manual_seed(0)
     w, x = torch.randn(6, 10), torch.randn(10, 400)
@@ -48,6 +47,7 @@ def test_a_weaker_correction_moves_the_target_part_of_the_way():
     assert (full - w).norm() > 0.05 * w.norm()
     assert torch.allclose(quarter, w + 0.25 * (full - w), atol=1e-5)
 
+
 def _network():
     torch.manual_seed(0)
     return nn.Sequential(
@@ -57,17 +57,17 @@ def _network():
 
 
 def _plans(model):
-    """Every tensor's coding plan, and the names of the weights GPTQ rounds (the coded ones with 2+ dims)."""
+    """The state dict, every tensor's coding plan, and the names of the weights GPTQ rounds (the coded ones
+    with 2+ dims)."""
     config = CompressionConfig(per_channel=False)
     sd = model.state_dict()
     plans = [plan_tensor(n, sd[n], True, config) for n in sd]
-    return config, plans, [p.name for p in plans if p.kind is not None and sd[p.name].dim() > 1]
+    return config, sd, plans, [p.name for p in plans if p.kind is not None and sd[p.name].dim() > 1]
 
 
 def _gptq_rounded(model, inputs):
     """Every weight at 2 bits, rounded by plain GPTQ: the state, the rounded weights' names and the rounder."""
-    config, plans, weights = _plans(model)
-    sd = model.state_dict()
+    config, sd, plans, weights = _plans(model)
     state = QuantizedState(sd, plans, config, dict.fromkeys(sd, 2.0))
     targets = {n: (w, t) for n, w, t in state.items() if n in weights}
     rounder = GptqRounder(model, targets, inputs, 32, torch.device("cpu"), max_samples=256)
@@ -171,7 +171,7 @@ def test_cached_block_inputs_give_what_running_from_the_inputs_gives(make, monke
     cached, note = _retargeted_latents(model, inputs)
     on_disk, disk_note = _retargeted_latents(model, inputs, cache_bytes=0)
     # compress plans the stage once, before GPTQ, on its own probe batch: any probe gives the same codes
-    plan = asymmetric.plan_stage(model, _plans(model)[2], inputs[:4], torch.device("cpu"), 1 << 30)
+    plan = asymmetric.plan_stage(model, _plans(model)[3], inputs[:4], torch.device("cpu"), 1 << 30)
     assert len(plan.layer_seconds) == len(cached) and plan.seconds_per_sample > 0  # one per rounded layer
     planned, _ = _retargeted_latents(model, inputs, plan=plan)
     monkeypatch.setattr(asymmetric, "_sequential_bridge", lambda *_: [])
