@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # `python bench/run_all.py`
 
 from bench import models as bench_models  # noqa: E402
 from bench import peers  # noqa: E402
-from bench.compare import compare_with_nncodec, render_markdown, render_plot  # noqa: E402
+from bench.compare import compare_with_nncodec, is_scalar_score, render_markdown, render_plot  # noqa: E402
 from compression_core.config import CompressionConfig  # noqa: E402
 
 log = logging.getLogger("bench")
@@ -168,8 +168,16 @@ def run_l2(
     return run
 
 
+def score_summary(scores: dict[str, dict]) -> str:
+    """One line of every panel's scalar scores (per-photo lists left out: they are for paired tables)."""
+    return "; ".join(
+        f"{panel}: " + ", ".join(f"{m}={v:.4f}" for m, v in values.items() if is_scalar_score(v))
+        for panel, values in scores.items()
+    )
+
+
 def _log_run(subject: str, run: peers.MethodRun) -> None:
-    scores = "; ".join(f"{k}: " + ", ".join(f"{m}={v:.4f}" for m, v in s.items()) for k, s in run.scores.items())
+    scores = score_summary(run.scores)
     log.info(
         "%s | %s %s | %.2f× | %s | %.1f s + %.2f s",
         subject,
