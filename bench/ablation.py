@@ -29,7 +29,7 @@ if __package__ in (None, ""):
 
 from bench import models as bench_models  # noqa: E402
 from bench.compare import is_scalar_score, paired_cells, paired_scores  # noqa: E402
-from bench.run_all import evaluate_run, git_commit, machine_description, run_l2  # noqa: E402
+from bench.run_all import evaluate_run, git_commit, machine_description, run_l2, score_summary  # noqa: E402
 from compression_core.config import CompressionConfig  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> None:
                 }
                 with journal.open("a") as f:
                     f.write(json.dumps(row, default=float) + "\n")
-                logging.info("%s %s %g× → %.2f× %s (%.0f s)", name, variant, target, run.ratio, run.scores,
-                             run.compress_s)
+                logging.info("%s %s %g× → %.2f× %s (%.0f s)", name, variant, target, run.ratio,
+                             score_summary(run.scores), run.compress_s)
     render(journal, args.out / "ablation.md")
 
 
