@@ -11,8 +11,8 @@ What each runs, and what it costs on EfficientNet-Lite0 (4.65 M weights) on 2 CP
   rounded again against the original output given the compressed network's inputs, a candidate the selection
   test must accept) and the BatchNorm stage. On all-MiniLM-L6-v2 it cut the held-out token error 12 % / 10 % at
   8× / 10× beyond `fast` (`bench/results/text_presets.md`), on the digits CNN at 20× accuracy 0.990 → 0.994;
-  on EfficientNet-Lite0, over eight seeds paired with `fast` on the same photos, the lower KL in 21 of 29 runs
-  at 5–8× (−4 ± 2 %, agreement even) and ahead at 10× in every seed of four (KL −17 ± 2 %, agreement +0.049;
+  on EfficientNet-Lite0, over eight seeds paired with `fast` on the same photos, the lower KL in 23 of 32 runs
+  at 5–8× (−4 ± 2 %, agreement even) and in 7 of 8 at 10× (KL −13 ± 3 %, agreement +0.024 ± 0.013;
   `bench/results/ablation.md`, tags "replicate: seed k"), ~1.5 min more on 2 cores. No gradient phase: the
   one round of 60 transform-learning iterations it ran until 2026-12-05 never passed the selection test on
   any bench model, at any target, with 20 or 72 calibration photos (docs/method.md), for 40 % of its time.
