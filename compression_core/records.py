@@ -19,7 +19,8 @@ class CodedTensor:
     ``symbols`` is int32 in row-major order of ``shape``. ``params`` maps parameter names (see
     ``PARAM_NAMES``) to float32 arrays of shape ``()`` or ``(C,)`` with C = shape[0] (per output channel).
     ``dtype`` is the torch dtype name of the original tensor (e.g. ``"float32"``, ``"float16"``,
-    ``"bfloat16"``); decoded float32 values are cast to it.
+    ``"bfloat16"``); decoded float32 values are cast to it. With ``trellis`` the symbols stand for levels
+    through the dependent-quantization state machine (`transforms.trellis`), not one to one.
     """
 
     name: str
@@ -28,6 +29,7 @@ class CodedTensor:
     kind: str
     params: dict[str, np.ndarray]
     symbols: np.ndarray
+    trellis: bool = False
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Header (32 bytes, little-endian)::
 
     0  magic            8 bytes  89 4C 32 5A 0D 0A 1A 0A  ("\\x89L2Z\\r\\n\\x1a\\n")
-    8  format version   u16      1
+    8  format version   u16      1, or 2 when a tensor's symbols are trellis-coded (docs/format.md)
     10 coder id         u8       1 = constriction queue range coder, Categorical(perfect=False)
     11 flags            u8       0 (reserved)
     12 created          i64      Unix seconds, UTC
@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from compression_core.coding.errors import L2FormatError
 
 MAGIC = b"\x89L2Z\r\n\x1a\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this library reads and writes
+# Version 2 added trellis-coded symbols; a file without them is written as version 1, which older readers take.
+TRELLIS_VERSION = 2
 HEADER = struct.Struct("<8sHBBqII")
 HEADER_BYTES = HEADER.size + 4
 TRAILER_BYTES = 32
@@ -63,9 +65,9 @@ def parse_header(data: bytes, supported_coder: int) -> Header:
     magic, version, coder, flags, created, mbytes, mraw = HEADER.unpack(data[: HEADER.size])
     if magic != MAGIC:
         raise L2FormatError("not an .l2 file (wrong magic bytes)")
-    if version != FORMAT_VERSION:
+    if not 1 <= version <= FORMAT_VERSION:
         raise L2FormatError(
-            f"format version {version} is not supported (this library reads version "
+            f"format version {version} is not supported (this library reads versions 1 to "
             f"{FORMAT_VERSION}); upgrade l2-compression"
             if version > FORMAT_VERSION
             else f"format version {version} is invalid"

@@ -24,6 +24,7 @@ from compression_core.transforms.levels import PARAM_NAMES
 KIND_CODES: dict[int, str] = {1: "linear", 2: "prune_quant", 3: "log", 4: "exp"}  # 0: stored
 CODE_OF_KIND = {kind: code for code, kind in KIND_CODES.items()}
 PER_TENSOR, PER_CHANNEL = 0, 1
+TRELLIS_FLAG = 2  # or-ed into the parameter-layout byte: the symbols are trellis-coded (format version 2)
 MAX_LEVELS = 1 << 20  # symbol range of one tensor; constriction's 24-bit model precision needs far fewer
 MAX_NDIM = 64
 MAX_NUMEL = 1 << 40
@@ -52,6 +53,7 @@ class TensorEntry:
     value_crc: int = 0
     table_bytes: int = 0
     entry_bytes: int = 0
+    trellis: bool = False
 
     @property
     def numel(self) -> int:
@@ -80,6 +82,7 @@ class TensorEntry:
             "dtype": self.dtype,
             "mode": self.mode,
             "transform": self.kind,
+            "trellis": self.trellis,
             "params": {
                 k: np.asarray(v, dtype=np.float32).reshape(-1).tolist() for k, v in self.params.items()
             },
@@ -162,7 +165,7 @@ def encode_entry(e: TensorEntry, dtype_code: int) -> bytes:
     if e.mode == "coded":
         names = PARAM_NAMES[e.kind]
         per_channel = np.asarray(e.params[names[0]]).ndim == 1
-        out.append(PER_CHANNEL if per_channel else PER_TENSOR)
+        out.append((PER_CHANNEL if per_channel else PER_TENSOR) | (TRELLIS_FLAG if e.trellis else 0))
         out += _shuffle(
             np.concatenate([np.asarray(e.params[n], dtype=np.float32).reshape(-1) for n in names])
         )
@@ -238,6 +241,8 @@ def _parse_coded(cur: Cursor, e: TensorEntry, where: str) -> None:
     if e.dtype not in CODED_DTYPES:
         raise L2FormatError(f"{where}: coded tensors must be floating, not {e.dtype}")
     layout = cur.u8(f"{where} parameter layout")
+    e.trellis = bool(layout & TRELLIS_FLAG)
+    layout &= ~TRELLIS_FLAG
     if layout == PER_CHANNEL and not e.shape:
         raise L2FormatError(f"{where}: per-channel parameters on a scalar")
     if layout not in (PER_TENSOR, PER_CHANNEL):

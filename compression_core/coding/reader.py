@@ -21,7 +21,7 @@ import torch
 from compression_core.coding import rangecoder
 from compression_core.coding.dtypes import torch_dtype
 from compression_core.coding.errors import L2FormatError
-from compression_core.coding.layout import CHECK_BYTES, HEADER_BYTES, TRAILER_BYTES, parse_header
+from compression_core.coding.layout import CHECK_BYTES, HEADER_BYTES, TRAILER_BYTES, TRELLIS_VERSION, parse_header
 from compression_core.coding.manifest import Manifest, TensorEntry, parse_manifest
 from compression_core.coding.values import gather_values, tensor_crc
 from compression_core.records import ArtifactContents, CodedTensor, StoredTensor
@@ -68,6 +68,9 @@ class L2Reader:
         if zlib.crc32(compressed, zlib.crc32(head[: HEADER_BYTES - 4])) != header.crc:
             raise L2FormatError("header or manifest is corrupted (CRC32 mismatch)")
         entries, metadata = parse_manifest(_inflate(compressed, header.manifest_raw_bytes))
+        trellised = next((e.name for e in entries if e.trellis), None)
+        if trellised is not None and header.version < TRELLIS_VERSION:
+            raise L2FormatError(f"tensor {trellised!r}: trellis-coded symbols in a version {header.version} file")
         n_checks = sum(2 if e.has_value_check else 1 for e in entries)
         checks = self._read(CHECK_BYTES * (n_checks + 1), "the checks section")
         values = struct.unpack(f"<{n_checks + 1}I", checks)
@@ -202,7 +205,7 @@ def decode_contents(path: str | Path) -> ArtifactContents:
             shifted = decode_symbols(e, payload)
             symbols = (shifted.astype(np.int64) + e.lo).astype(np.int32).reshape(e.shape)
             decode_tensor(e, payload)  # verifies the value checksum
-            records.append(CodedTensor(e.name, e.shape, e.dtype, e.kind, dict(e.params), symbols))
+            records.append(CodedTensor(e.name, e.shape, e.dtype, e.kind, dict(e.params), symbols, e.trellis))
         reader.finish()
         metadata = dict(reader.manifest.metadata)
     return ArtifactContents(records=records, metadata=metadata)

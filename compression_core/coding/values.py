@@ -15,11 +15,12 @@ import torch
 from compression_core.coding.dtypes import torch_dtype
 from compression_core.coding.manifest import TensorEntry
 from compression_core.transforms.levels import level_values
+from compression_core.transforms.trellis import trellis_levels
 
 
-def value_table(entry: TensorEntry) -> torch.Tensor:
-    """(C, L) decoded values of every symbol ``lo..hi`` per channel, already in the tensor's dtype."""
-    table = level_values(entry.kind, entry.params, entry.lo, entry.hi)
+def value_table(entry: TensorEntry, lo: int, hi: int) -> torch.Tensor:
+    """(C, L) decoded values of every level ``lo..hi`` per channel, already in the tensor's dtype."""
+    table = level_values(entry.kind, entry.params, lo, hi)
     return torch.from_numpy(table).to(torch_dtype(entry.dtype))
 
 
@@ -28,7 +29,14 @@ def gather_values(entry: TensorEntry, shifted: np.ndarray) -> torch.Tensor:
     dtype = torch_dtype(entry.dtype)
     if entry.numel == 0:
         return torch.zeros(entry.shape, dtype=dtype)
-    table = value_table(entry)
+    lo, hi = entry.lo, entry.hi
+    if entry.trellis:  # symbols -> the levels they stand for, shifted to 0.. like the symbols were
+        levels = trellis_levels(np.asarray(shifted, dtype=np.int64) + entry.lo, entry.shape)
+        lo, hi = int(levels.min()), int(levels.max())
+        shifted = levels - lo
+        if hi - lo < np.iinfo(np.int32).max:
+            shifted = shifted.astype(np.int32)
+    table = value_table(entry, lo, hi)
     channels, levels = table.shape
     index = np.ascontiguousarray(shifted).reshape(-1)
     if channels > 1:  # flat index into the (C, L) table; NumPy's in-place broadcast add is the fastest here

@@ -22,7 +22,7 @@ import numpy as np
 
 from compression_core.coding import rangecoder
 from compression_core.coding.dtypes import dtype_code, itemsize
-from compression_core.coding.layout import CHECK_BYTES, FORMAT_VERSION, HEADER_BYTES, TRAILER_BYTES, Header
+from compression_core.coding.layout import CHECK_BYTES, HEADER_BYTES, TRAILER_BYTES, TRELLIS_VERSION, Header
 from compression_core.coding.manifest import MAX_LEVELS, TensorEntry, encode_manifest
 from compression_core.coding.tables import symbol_counts
 from compression_core.coding.values import gather_values, tensor_crc
@@ -67,6 +67,7 @@ def _encode_coded(record: CodedTensor, value_check: bool) -> _Encoded:
         "coded",
         record.kind,
         {k: np.asarray(v, dtype=np.float32) for k, v in record.params.items()},
+        trellis=bool(record.trellis),
     )
     symbols = np.asarray(record.symbols).reshape(-1)
     if symbols.size != entry.numel:
@@ -145,7 +146,7 @@ def _parts(contents: ArtifactContents, created: int | None) -> list[bytes]:
     encoded, manifest, raw_len = _encode_all(contents, value_check=True)
     checks = _checks(encoded)
     fields = Header(
-        FORMAT_VERSION,
+        TRELLIS_VERSION if any(e.entry.trellis for e in encoded) else 1,
         rangecoder.CODER_ID,
         0,
         int(time.time()) if created is None else created,

@@ -18,6 +18,7 @@ import torch
 from compression_core.recon.budget import UnreachableTargetError
 from compression_core.recon.state import QuantizedState
 from compression_core.records import ArtifactContents, CodedTensor, StoredTensor
+from compression_core.transforms.trellis import trellis_symbols
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,11 @@ def tensor_bytes(t: torch.Tensor) -> bytes:
 def build_contents(
     state: QuantizedState,
     original: dict[str, torch.Tensor],
+    trellis: frozenset[str] = frozenset(),
 ) -> ArtifactContents:
     """Records in state_dict order: coded entries from ``state``, stored entries from ``original``
-    (`replace_stored` swaps in recalibrated statistics afterwards)."""
+    (`replace_stored` swaps in recalibrated statistics afterwards). The coded entries named in ``trellis``
+    hold levels a trellis search chose, and are written as the symbols that stand for them."""
     coded = {name: (w, t) for name, w, t in state.items()}
     records = []
     for name, tensor in original.items():
@@ -51,6 +54,8 @@ def build_contents(
                 symbols.min() < np.iinfo(np.int32).min or symbols.max() > np.iinfo(np.int32).max
             ):
                 raise UnreachableTargetError(f"{name}: symbols overflow int32; the transform diverged")
+            if name in trellis:
+                symbols = trellis_symbols(symbols, shape)
             records.append(
                 CodedTensor(
                     name,
@@ -59,6 +64,7 @@ def build_contents(
                     transform.kind,
                     transform.param_values(),
                     symbols.astype(np.int32).reshape(-1),
+                    trellis=name in trellis,
                 )
             )
         else:

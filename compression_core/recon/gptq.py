@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compression_core.model_io import Inputs, batches, call_model, num_samples, select, to_device
+from compression_core.recon.trellis_search import trellis_quantizer
 from compression_core.transforms import Transform
 
 log = logging.getLogger(__name__)
@@ -153,15 +154,21 @@ def gptq_round(
     hessian: torch.Tensor,
     quantize: Callable[[torch.Tensor], torch.Tensor],
     damping: float = DEFAULT_DAMPING,
+    shared_order: bool = False,
 ) -> torch.Tensor:
     """Quantized weight (same shape) chosen column by column with error compensation. ``quantize`` maps
     a column of every output channel, shape (C_out,), to its dequantized levels; ``damping`` is λ of
-    H + λ·mean(diag H)·I."""
+    H + λ·mean(diag H)·I. With ``shared_order`` every group takes its columns in one order, so that each
+    step rounds one column of the weight (what a trellis along the output channels needs)."""
     groups, k = hessian.shape[0], hessian.shape[1]
     c_out = weight.shape[0]
     rows = c_out // groups
     # Columns with the most input energy first ("act order"): their errors get the most columns to absorb them.
-    order = torch.argsort(torch.diagonal(hessian, dim1=1, dim2=2), dim=1, descending=True)
+    diagonal = torch.diagonal(hessian, dim1=1, dim2=2)
+    if shared_order:
+        order = torch.argsort(diagonal.sum(0), descending=True).expand(groups, k)
+    else:
+        order = torch.argsort(diagonal, dim=1, descending=True)
     hessian = hessian.gather(1, order[:, :, None].expand(-1, -1, k)).gather(2, order[:, None, :].expand(-1, k, -1))
     w = weight.detach().float().reshape(groups, rows, k).gather(2, order[:, None, :].expand(-1, rows, -1))
     u = _inverse_cholesky(hessian, damping)  # (G, K, K), upper
@@ -209,6 +216,7 @@ def estimate_rounding_seconds(
     damping: float = DEFAULT_DAMPING,
     rate_weight: float = 0.0,
     stride: int = 8,
+    trellis: bool = False,
 ) -> float:
     """What one GPTQ rounding of ``targets`` will take on this machine, known before the Hessian pass (which a
     progress estimate must see past): every ``stride``-th layer rounded under H = I, nothing written, the time
@@ -223,17 +231,38 @@ def estimate_rounding_seconds(
         groups, k = _hessian_shape(layers[name])
         original = targets[name][0]
         identity = torch.eye(k, device=original.device).expand(groups, k, k).contiguous()
-        round_layer(original, targets[name][1], identity, damping, rate_weight)
+        round_layer(original, targets[name][1], identity, damping, rate_weight, trellis)
     sampled = sum(_hessian_shape(layers[n])[1] for n in names)
     columns = sum(_hessian_shape(m)[1] for m in layers.values())
     return (time.monotonic() - t0) * columns / max(1, sampled)
 
 
 def round_layer(
-    original: torch.Tensor, transform: Transform, hessian: torch.Tensor, damping: float, rate_weight: float
+    original: torch.Tensor,
+    transform: Transform,
+    hessian: torch.Tensor,
+    damping: float,
+    rate_weight: float,
+    trellis: bool = False,
 ) -> torch.Tensor:
-    """GPTQ rounding of one layer's weight under its transform's levels (rate-aware at ``rate_weight``)."""
-    return gptq_round(original, hessian, column_quantizer(transform, rate_weight, original), damping)
+    """GPTQ rounding of one layer's weight under its transform's levels (rate-aware at ``rate_weight``),
+    trellis-coded levels when ``trellis``."""
+    if trellis:
+        quantize = trellis_quantizer(transform, rate_weight, _trellis_bits(transform, original, rate_weight))
+    else:
+        quantize = column_quantizer(transform, rate_weight, original)
+    return gptq_round(original, hessian, quantize, damping, shared_order=trellis)
+
+
+def _trellis_bits(
+    transform: Transform, reference: torch.Tensor, rate_weight: float
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """bits(symbol) for the trellis search: the histogram of ``reference`` rounded to nearest on a grid twice
+    as coarse (what either of its quantizers roughly sees); None when rounding ignores the rate."""
+    if rate_weight <= 0:
+        return None
+    bits, lowest = _level_bits(torch.round(transform.codes(reference) / 2).to(torch.int64).reshape(-1))
+    return lambda symbols: _lookup(bits, lowest, symbols).to(symbols.dtype)
 
 
 def column_quantizer(
@@ -301,9 +330,11 @@ class GptqRounder:
         damping: float = DEFAULT_DAMPING,
         on_batch: Callable[[float], None] | None = None,
         rate_weight: float = 0.0,
+        trellis: bool = False,
     ) -> None:
         self.damping = damping
         self.rate_weight = rate_weight
+        self.trellis = trellis
         layers = gptq_layers(model, targets)
         self.hessians = layer_hessians(model, layers, inputs, batch_size, device, max_samples, on_batch)
         self.originals = {name: targets[name][0].detach().clone() for name in self.hessians}
@@ -322,4 +353,4 @@ class GptqRounder:
 
     def rounded(self, name: str) -> torch.Tensor:
         transform, hessian = self.targets[name][1], self.hessians[name]
-        return round_layer(self.originals[name], transform, hessian, self.damping, self.rate_weight)
+        return round_layer(self.originals[name], transform, hessian, self.damping, self.rate_weight, self.trellis)

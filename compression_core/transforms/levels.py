@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from compression_core.transforms.trellis import trellis_levels
+
 TRANSFORM_KINDS = ("linear", "prune_quant", "log", "exp")
 
 PARAM_NAMES: dict[str, tuple[str, ...]] = {
@@ -76,9 +78,12 @@ def level_values(kind: str, params: dict[str, np.ndarray], lo: int, hi: int) -> 
 
 
 def decode_symbols(
-    kind: str, params: dict[str, np.ndarray], symbols: np.ndarray, shape: tuple[int, ...]
+    kind: str, params: dict[str, np.ndarray], symbols: np.ndarray, shape: tuple[int, ...], trellis: bool = False
 ) -> np.ndarray:
-    """Canonical decode of one coded tensor: float32 array of ``shape`` (a gather in the level table)."""
+    """Canonical decode of one coded tensor: float32 array of ``shape`` (a gather in the level table); with
+    ``trellis`` the symbols are first mapped to the levels they stand for (`trellis.trellis_levels`)."""
+    if trellis:
+        symbols = trellis_levels(symbols, shape)
     symbols = np.asarray(symbols, dtype=np.int64).reshape(shape)
     if symbols.size == 0:
         return np.zeros(shape, dtype=np.float32)

@@ -65,7 +65,7 @@ def reference_tensor(record) -> torch.Tensor:
     if isinstance(record, StoredTensor):
         raw = np.frombuffer(record.data, dtype=np.uint8).copy()
         return torch.from_numpy(raw).view(dtype).reshape(record.shape)
-    values = decode_symbols(record.kind, record.params, record.symbols, record.shape)
+    values = decode_symbols(record.kind, record.params, record.symbols, record.shape, record.trellis)
     return torch.from_numpy(np.ascontiguousarray(values)).to(dtype)
 
 

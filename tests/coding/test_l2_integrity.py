@@ -6,12 +6,15 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
+from conftest import make_coded
 
 from compression_core.coding import L2FormatError, decode_contents, encode_l2, load_l2, read_manifest
 from compression_core.coding import values as values_module
+from compression_core.records import ArtifactContents
 
 
 @pytest.fixture
@@ -80,10 +83,26 @@ def test_foreign_files_are_refused(tmp_path, content):
 
 def test_newer_format_version_says_to_upgrade(tmp_path, sample_bytes):
     data = bytearray(sample_bytes)
-    struct.pack_into("<H", data, 8, 2)
-    (tmp_path / "v2.l2").write_bytes(data)
+    struct.pack_into("<H", data, 8, 3)
+    (tmp_path / "v3.l2").write_bytes(data)
     with pytest.raises(L2FormatError, match="upgrade"):
-        read_manifest(tmp_path / "v2.l2")
+        read_manifest(tmp_path / "v3.l2")
+
+
+def test_trellis_coded_symbols_in_a_version_1_file_are_refused(tmp_path):
+    """Version 1 readers predate the trellis flag: a file claiming version 1 must not carry it (the header is
+    re-signed here, so only the version-flag mismatch is wrong)."""
+    record = make_coded("fc.weight", (6, 4), "float32", "prune_quant")
+    record.trellis = True
+    data = bytearray(encode_l2(ArtifactContents([record]), created=0))
+    assert struct.unpack_from("<H", data, 8)[0] == 2
+    struct.pack_into("<H", data, 8, 1)
+    manifest_bytes = struct.unpack_from("<I", data, 20)[0]
+    crc = zlib.crc32(bytes(data[32 : 32 + manifest_bytes]), zlib.crc32(bytes(data[:28])))
+    struct.pack_into("<I", data, 28, crc)
+    (tmp_path / "m.l2").write_bytes(data)
+    with pytest.raises(L2FormatError, match="fc.weight.*trellis-coded symbols in a version 1 file"):
+        read_manifest(tmp_path / "m.l2")
 
 
 def test_decoder_drift_is_caught_by_the_value_checksum(tmp_path, sample_bytes, monkeypatch):
