@@ -42,9 +42,10 @@ class CompressionConfig:
     inputs, layer by layer (`recon/asymmetric.py`; a candidate the selection test must accept; on in
     ``balanced``, the default, off in ``fast`` and ``paper``); ``gptq_asymmetric_strength`` (0–1]: the share of
     that stage's correction the target takes (it is a least-squares fit to the calibration samples; 0.25 and 0.5
-    measured no better than 1 on EfficientNet-Lite0, docs/method.md). ``gptq_trellis``: GPTQ picks
-    trellis-coded levels (dependent quantization: two interleaved grids and a 4-state machine,
-    `transforms/trellis.py`), about 3.4 % fewer bits at equal error; such files are format version 2.
+    measured no better than 1 on EfficientNet-Lite0, docs/method.md). ``gptq_trellis`` (on in every preset):
+    GPTQ picks trellis-coded levels (dependent quantization: two interleaved grids and a 4-state machine,
+    `transforms/trellis.py`), about 3.4 % fewer bits at equal error, for about twice GPTQ's rounding time;
+    such files are format version 2 (off: version 1, which older readers take).
     ``block_iters`` > 0 reconstructs the codes block by block after the rounding (`recon/blockwise.py`):
     that many steps per block at ``block_lr`` (in levels per step, cosine-decayed) against the block's
     teacher output, on QDrop's input mix (``block_input_mix``: each input element the teacher's with this
@@ -88,7 +89,7 @@ class CompressionConfig:
     gptq_rate_weight: float = 0.5
     gptq_asymmetric: bool = True
     gptq_asymmetric_strength: float = 1.0
-    gptq_trellis: bool = False
+    gptq_trellis: bool = True
     block_iters: int = 0
     block_lr: float = 0.01
     block_input_mix: float = 0.5

@@ -158,7 +158,7 @@ def _tensor_table(tensors: list[dict]) -> str:
                 "x".join(map(str, t["shape"])) or "()",
                 t["dtype"],
                 t["mode"],
-                t["transform"] or "-",
+                (t["transform"] or "-") + ("+trellis" if t.get("trellis") else ""),
                 str(t["levels"]) if t["mode"] == "coded" else "-",
                 f"{t['payload_bytes']:,}",
                 f"{t['bits_per_weight']:.3f}",

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compression_core.model_io import Inputs, batches, call_model, num_samples, select, to_device
+from compression_core.recon.level_bits import bits_of, level_bits
 from compression_core.recon.trellis_search import trellis_quantizer
 from compression_core.transforms import Transform
 
@@ -254,15 +255,12 @@ def round_layer(
     return gptq_round(original, hessian, quantize, damping, shared_order=trellis)
 
 
-def _trellis_bits(
-    transform: Transform, reference: torch.Tensor, rate_weight: float
-) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """bits(symbol) for the trellis search: the histogram of ``reference`` rounded to nearest on a grid twice
-    as coarse (what either of its quantizers roughly sees); None when rounding ignores the rate."""
+def _trellis_bits(transform: Transform, reference: torch.Tensor, rate_weight: float) -> tuple[torch.Tensor, int] | None:
+    """`level_bits` for the trellis search: the histogram of ``reference`` rounded to nearest on a grid twice as
+    coarse (what either of its quantizers roughly sees); None when rounding ignores the rate."""
     if rate_weight <= 0:
         return None
-    bits, lowest = _level_bits(torch.round(transform.codes(reference) / 2).to(torch.int64).reshape(-1))
-    return lambda symbols: _lookup(bits, lowest, symbols).to(symbols.dtype)
+    return level_bits(torch.round(transform.codes(reference) / 2).to(torch.int64).reshape(-1))
 
 
 def column_quantizer(
@@ -282,7 +280,7 @@ def column_quantizer(
             return transform.inverse(torch.round(transform.codes(v)), v)
 
         return quantize
-    bits, lowest = _level_bits(transform.symbols(reference).reshape(-1))
+    bits, lowest = level_bits(transform.symbols(reference).reshape(-1))
     exchange = rate_weight * math.log(2.0) / 6.0
 
     def quantize(v: torch.Tensor) -> torch.Tensor:
@@ -291,26 +289,11 @@ def column_quantizer(
         upper = lower + 1.0
         w_lower, w_upper = transform.inverse(lower, v), transform.inverse(upper, v)
         step_sq = (w_upper - w_lower).pow(2)
-        cost_lower = (v - w_lower).pow(2) + exchange * step_sq * _lookup(bits, lowest, lower)
-        cost_upper = (v - w_upper).pow(2) + exchange * step_sq * _lookup(bits, lowest, upper)
+        cost_lower = (v - w_lower).pow(2) + exchange * step_sq * bits_of(bits, lowest, lower)
+        cost_upper = (v - w_upper).pow(2) + exchange * step_sq * bits_of(bits, lowest, upper)
         return torch.where(cost_upper < cost_lower, w_upper, w_lower)
 
     return quantize
-
-
-def _level_bits(symbols: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """−log₂ p(level) for every level from the lowest to the highest symbol (add-½ smoothed), and the lowest;
-    levels outside that span cost one bit more than the rarest."""
-    lowest = int(symbols.min())
-    counts = torch.bincount(symbols - lowest).double() + 0.5
-    bits = -torch.log2(counts / counts.sum())
-    return torch.cat([bits, bits.max().reshape(1) + 1.0]).float(), lowest
-
-
-def _lookup(bits: torch.Tensor, lowest: int, levels: torch.Tensor) -> torch.Tensor:
-    index = (levels - lowest).long()
-    outside = (index < 0) | (index >= bits.numel() - 1)
-    return bits[torch.where(outside, torch.full_like(index, bits.numel() - 1), index)]
 
 
 class GptqRounder:

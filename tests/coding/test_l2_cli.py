@@ -28,6 +28,18 @@ def test_inspect_prints_tensors_and_totals(artifact, capsys):
     assert "source_digest" in out
 
 
+def test_inspect_marks_trellis_coded_tensors(tmp_path, sample_contents, capsys):
+    sample_contents.records[0].trellis = True
+    write_l2(sample_contents, tmp_path / "t.l2")
+    assert main(["inspect", str(tmp_path / "t.l2")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("conv.weight") and "prune_quant+trellis" in line for line in lines)
+    assert not any(line.startswith("fc.weight") and "trellis" in line for line in lines)
+    assert main(["inspect", str(tmp_path / "t.l2"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["version"] == 2 and [t["trellis"] for t in info["tensors"][:1]] == [True]
+
+
 def test_inspect_json_totals_add_up(artifact, capsys):
     assert main(["inspect", str(artifact), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -12,8 +12,10 @@ from torch import nn
 
 from compression_core import CompressionConfig, compress, load_l2
 from compression_core.coding import read_manifest
+from compression_core.recon import trellis_search
 from compression_core.recon.gptq import GptqRounder, column_quantizer, gptq_round, round_layer
-from compression_core.recon.trellis_search import cheapest_path
+from compression_core.recon.level_bits import level_bits
+from compression_core.recon.trellis_search import cheapest_path, trellis_quantizer
 from compression_core.transforms import make_transform
 from compression_core.transforms.trellis import NEXT_STATE, TrellisPathError, trellis_levels, trellis_symbols
 
@@ -152,3 +154,18 @@ def test_compress_with_the_trellis_writes_a_version_2_file_that_decodes_bit_exac
     decoded = load_l2(path)
     for name, tensor in result.state_dict.items():
         assert torch.equal(decoded[name], tensor), name
+
+
+@pytest.mark.parametrize("kind", ["prune_quant", "linear"])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_the_compiled_search_agrees_with_the_general_one(kind, per_channel, monkeypatch):
+    """Uniform kinds take `_uniform_levels`; with it switched off the same columns go through T⁻¹ in torch."""
+    torch.manual_seed(1)
+    w = torch.distributions.Laplace(0.0, 0.05).sample((200, 30))
+    transform = make_transform(kind, w, per_channel=per_channel, bits=4.0)
+    bits = level_bits(torch.round(transform.codes(w) / 2).long().reshape(-1))
+    compiled = trellis_quantizer(transform, 0.5, bits)
+    monkeypatch.setattr(trellis_search, "_UNIFORM_KINDS", ())
+    general = trellis_quantizer(transform, 0.5, bits)
+    for column in w.t():
+        assert torch.equal(compiled(column), general(column))
