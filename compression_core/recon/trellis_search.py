@@ -141,7 +141,7 @@ def trellis_quantizer(
         codes = transform.codes(v).double()
         # Where v sits on either quantizer's grid of symbols: Q0's level 2k, Q1's 2k − sgn(k).
         base = torch.stack([torch.floor(codes / 2), torch.floor((codes + torch.sign(codes)) / 2)], 1)
-        symbols = base.unsqueeze(2) + offsets  # (N, quantizer, candidate)
+        symbols = base.unsqueeze(2) + offsets.to(v.device)  # (N, quantizer, candidate)
         levels = 2 * symbols
         levels[:, 1] -= torch.sign(symbols[:, 1])
         levels = levels.clamp_(-MAX_CODE, MAX_CODE).reshape(n, -1).to(v.dtype)
@@ -155,8 +155,9 @@ def trellis_quantizer(
         second = cost[..., 2:] < cost[..., :2]
         swapped = base.remainder(2) == 0  # candidate 0 (base − 1) is odd: pair 0 holds parity 1
         by_parity = torch.where(swapped.unsqueeze(2), pair_cost.flip(2), pair_cost)
-        quantizer, parity = (torch.from_numpy(a) for a in cheapest_path(by_parity.numpy()))
-        rows = torch.arange(n)
+        # The path search runs on the CPU (a column at a time: a few kB either way).
+        quantizer, parity = (torch.from_numpy(a).to(v.device) for a in cheapest_path(by_parity.cpu().numpy()))
+        rows = torch.arange(n, device=v.device)
         pair = parity ^ swapped[rows, quantizer].long()
         candidate = pair + 2 * second[rows, quantizer, pair].long()
         return values[rows, quantizer, candidate]
@@ -169,15 +170,18 @@ def _uniform_quantizer(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """`trellis_quantizer` for `linear` and `prune_quant`: levels from `_uniform_levels`, values through the
     transform's own T⁻¹ (so they sit exactly on its grid)."""
-    table, lowest = (bits[0].double().numpy(), bits[1]) if bits is not None else (np.ones(1), 0)
+    table, lowest = (bits[0].double().cpu().numpy(), bits[1]) if bits is not None else (np.ones(1), 0)
 
     @torch.no_grad()
     def quantize(v: torch.Tensor) -> torch.Tensor:
-        step = transform.param("s", v).double().expand(v.shape)
-        dead = transform.param("e", v).double().expand(v.shape) if transform.kind == "prune_quant" else step / 2
+        step = transform.param("s", v).detach().double().expand(v.shape).cpu()
+        if transform.kind == "prune_quant":
+            dead = transform.param("e", v).detach().double().expand(v.shape).cpu()
+        else:
+            dead = step / 2
         levels = _uniform_levels(
-            v.detach().double().numpy(), dead.numpy(), step.numpy(), table, lowest, exchange, NEXT_STATE
+            v.detach().double().cpu().numpy(), dead.numpy(), step.numpy(), table, lowest, exchange, NEXT_STATE
         )
-        return transform.inverse(torch.from_numpy(levels).to(v.dtype), v)
+        return transform.inverse(torch.from_numpy(levels).to(device=v.device, dtype=v.dtype), v)
 
     return quantize

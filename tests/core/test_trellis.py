@@ -115,19 +115,18 @@ def test_gptq_with_the_trellis_compensates_and_chooses_a_valid_path(name, make_l
     identity = torch.eye(w[0].numel()).expand(groups, -1, -1).contiguous()
     uncompensated = round_layer(w, transform, identity, damping=0.1, rate_weight=0.5, trellis=True)
 
-    @torch.no_grad()
-    def output_error(q):
+    errors = {}
+    with torch.no_grad():
         reference = layer(x)
-        layer.weight.copy_(q)
-        error = float((layer(x) - reference).pow(2).mean())
+        for label, q in (("trellis", latent), ("uncompensated", uncompensated)):
+            layer.weight.copy_(q)
+            errors[label] = float((layer(x) - reference).pow(2).mean())
         layer.weight.copy_(w)
-        return error
-
     with torch.no_grad():
         levels = torch.round(transform.codes(latent))
         assert torch.equal(transform.inverse(levels, latent), latent), "on the base grid"
     trellis_symbols(levels.long().numpy(), tuple(w.shape))  # raises off the trellis
-    assert output_error(latent) < 0.9 * output_error(uncompensated), name
+    assert errors["trellis"] < 0.9 * errors["uncompensated"], name
 
 
 def test_shared_column_order_changes_nothing_for_one_group():
