@@ -69,6 +69,12 @@ def cheapest_path(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @njit(cache=True)
+def _dead_zone_value(level: float, dead: float, step: float) -> float:  # pragma: no cover
+    """Level ``level`` of a uniform grid with a dead zone: 0, else sign(level)·(dead + (|level| − ½)·step)."""
+    return np.sign(level) * (dead + (abs(level) - 0.5) * step) if level != 0 else 0.0
+
+
+@njit(cache=True)
 def _uniform_levels(
     v: np.ndarray,
     dead: np.ndarray,
@@ -93,9 +99,7 @@ def _uniform_levels(
         even = np.floor(code / 2.0)
         low = 2.0 * even
         high = low + 2.0
-        spacing = (np.sign(high) * (e + (abs(high) - 0.5) * s) if high != 0 else 0.0) - (
-            np.sign(low) * (e + (abs(low) - 0.5) * s) if low != 0 else 0.0
-        )
+        spacing = _dead_zone_value(high, e, s) - _dead_zone_value(low, e, s)
         rate = exchange * spacing * spacing
         for q in range(2):
             base = even if q == 0 else np.floor((code + np.sign(code)) / 2.0)
@@ -105,8 +109,7 @@ def _uniform_levels(
                 k = base + offset
                 level = 2.0 * k if q == 0 else 2.0 * k - np.sign(k)
                 level = min(max(level, -_MAX_CODE), _MAX_CODE)
-                value = np.sign(level) * (e + (abs(level) - 0.5) * s) if level != 0 else 0.0
-                c = (x - value) ** 2
+                c = (x - _dead_zone_value(level, e, s)) ** 2
                 if rate > 0.0:
                     index = int(k) - lowest
                     c += rate * (bits[index] if 0 <= index < bits.shape[0] - 1 else bits[bits.shape[0] - 1])
