@@ -24,7 +24,7 @@ from torch import nn
 
 from compression_core.model_io import Inputs, batches, call_model, num_samples, select, to_device
 from compression_core.recon.level_bits import bits_of, level_bits
-from compression_core.recon.trellis_search import trellis_quantizer
+from compression_core.recon.trellis_search import BlockRounder, trellis_block_rounder, trellis_quantizer
 from compression_core.transforms import Transform
 
 log = logging.getLogger(__name__)
@@ -156,11 +156,13 @@ def gptq_round(
     quantize: Callable[[torch.Tensor], torch.Tensor],
     damping: float = DEFAULT_DAMPING,
     shared_order: bool = False,
+    round_block: BlockRounder | None = None,
 ) -> torch.Tensor:
     """Quantized weight (same shape) chosen column by column with error compensation. ``quantize`` maps
     a column of every output channel, shape (C_out,), to its dequantized levels; ``damping`` is λ of
     H + λ·mean(diag H)·I. With ``shared_order`` every group takes its columns in one order, so that each
-    step rounds one column of the weight (what a trellis along the output channels needs)."""
+    step rounds one column of the weight (what a trellis along the output channels needs). ``round_block``,
+    when given, does a whole block's column loop in one call (the same result as the loop with ``quantize``)."""
     groups, k = hessian.shape[0], hessian.shape[1]
     c_out = weight.shape[0]
     rows = c_out // groups
@@ -176,19 +178,30 @@ def gptq_round(
     q = torch.empty_like(w)
     for b0 in range(0, k, _BLOCK):
         b1 = min(k, b0 + _BLOCK)
-        block = w[:, :, b0:b1].clone()
-        err = torch.empty_like(block)
         ub = u[:, b0:b1, b0:b1]
-        for j in range(b1 - b0):
+        q[:, :, b0:b1], err = (round_block or _column_loop(quantize))(w[:, :, b0:b1].clone(), ub)
+        if b1 < k:
+            w[:, :, b1:] -= torch.bmm(err, u[:, b0:b1, b1:])
+    return torch.empty_like(q).scatter_(2, order[:, None, :].expand(-1, rows, -1), q).reshape(weight.shape)
+
+
+def _column_loop(quantize: Callable[[torch.Tensor], torch.Tensor]) -> BlockRounder:
+    """GPTQ's column loop over one block (groups, rows, B) with ``ub`` the block's part of the Cholesky factor
+    of H⁻¹: each column rounded by ``quantize``, its scaled error pushed onto the block's later columns. Returns
+    the rounded block and the scaled errors (what the columns after the block absorb)."""
+
+    def round_block(block: torch.Tensor, ub: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rounded, err = torch.empty_like(block), torch.empty_like(block)
+        for j in range(block.shape[2]):
             col = block[:, :, j]
             qc = quantize(col.reshape(-1)).reshape(col.shape)
             e = (col - qc) / ub[:, j, j].unsqueeze(1)
             block[:, :, j:] -= e.unsqueeze(2) * ub[:, j, j:].unsqueeze(1)
-            q[:, :, b0 + j] = qc
+            rounded[:, :, j] = qc
             err[:, :, j] = e
-        if b1 < k:
-            w[:, :, b1:] -= torch.bmm(err, u[:, b0:b1, b1:])
-    return torch.empty_like(q).scatter_(2, order[:, None, :].expand(-1, rows, -1), q).reshape(weight.shape)
+        return rounded, err
+
+    return round_block
 
 
 def gptq_layers(model: nn.Module, names) -> dict[str, nn.Module]:
@@ -248,11 +261,12 @@ def round_layer(
 ) -> torch.Tensor:
     """GPTQ rounding of one layer's weight under its transform's levels (rate-aware at ``rate_weight``),
     trellis-coded levels when ``trellis``."""
-    if trellis:
-        quantize = trellis_quantizer(transform, rate_weight, _trellis_bits(transform, original, rate_weight))
-    else:
-        quantize = column_quantizer(transform, rate_weight, original)
-    return gptq_round(original, hessian, quantize, damping, shared_order=trellis)
+    if not trellis:
+        return gptq_round(original, hessian, column_quantizer(transform, rate_weight, original), damping)
+    bits = _trellis_bits(transform, original, rate_weight)
+    quantize = trellis_quantizer(transform, rate_weight, bits)
+    round_block = trellis_block_rounder(transform, rate_weight, bits)
+    return gptq_round(original, hessian, quantize, damping, shared_order=True, round_block=round_block)
 
 
 def _trellis_bits(transform: Transform, reference: torch.Tensor, rate_weight: float) -> tuple[torch.Tensor, int] | None:

@@ -15,7 +15,7 @@ from compression_core.coding import read_manifest
 from compression_core.recon import trellis_search
 from compression_core.recon.gptq import GptqRounder, column_quantizer, gptq_round, round_layer
 from compression_core.recon.level_bits import level_bits
-from compression_core.recon.trellis_search import cheapest_path, trellis_quantizer
+from compression_core.recon.trellis_search import cheapest_path, trellis_block_rounder, trellis_quantizer
 from compression_core.transforms import make_transform
 from compression_core.transforms.trellis import NEXT_STATE, TrellisPathError, trellis_levels, trellis_symbols
 
@@ -168,3 +168,22 @@ def test_the_compiled_search_agrees_with_the_general_one(kind, per_channel, monk
     general = trellis_quantizer(transform, 0.5, bits)
     for column in w.t():
         assert torch.equal(compiled(column), general(column))
+
+
+@pytest.mark.parametrize(("kind", "per_channel", "groups"), [("prune_quant", True, 1), ("linear", False, 4)])
+def test_the_compiled_block_loop_equals_the_torch_column_loop(kind, per_channel, groups):
+    """`trellis_block_rounder` does GPTQ's whole block in one compiled call: the same weights, bit for bit, as
+    the torch column loop around the same column search (several blocks, a grouped layer, both kinds)."""
+    torch.manual_seed(2)
+    w = torch.distributions.Laplace(0.0, 0.05).sample((24, 150 // groups if groups > 1 else 300))
+    k = w.shape[1]
+    x = torch.randn(groups, k, 2 * k).cumsum(1)
+    h = x @ x.transpose(1, 2) / x.shape[2]
+    transform = make_transform(kind, w, per_channel=per_channel, bits=4.0)
+    bits = level_bits(torch.round(transform.codes(w) / 2).long().reshape(-1))
+    quantize = trellis_quantizer(transform, 0.5, bits)
+    looped = gptq_round(w, h, quantize, shared_order=True)
+    compiled = gptq_round(w, h, quantize, shared_order=True, round_block=trellis_block_rounder(transform, 0.5, bits))
+    assert torch.equal(compiled, looped)
+    identity = torch.eye(k).expand(groups, k, k).contiguous()
+    assert not torch.equal(compiled, gptq_round(w, identity, quantize, shared_order=True)), "compensation acts"
