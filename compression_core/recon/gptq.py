@@ -24,7 +24,7 @@ from torch import nn
 
 from compression_core.model_io import Inputs, batches, call_model, num_samples, select, to_device
 from compression_core.recon.level_bits import bits_of, level_bits
-from compression_core.recon.trellis_search import BlockRounder, trellis_block_rounder, trellis_quantizer
+from compression_core.recon.trellis_search import BlockRounder, trellis_block_rounder, trellis_quantizer, warm_up
 from compression_core.transforms import Transform
 
 log = logging.getLogger(__name__)
@@ -240,6 +240,8 @@ def estimate_rounding_seconds(
     names = list(layers)[stride // 2 :: stride] or list(layers)[:1]
     if not names:
         return 0.0
+    if trellis:
+        warm_up()
     t0 = time.monotonic()
     for name in names:
         groups, k = _hessian_shape(layers[name])

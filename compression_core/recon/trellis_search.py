@@ -288,3 +288,12 @@ def trellis_block_rounder(
         return back[0], back[1]
 
     return round_block
+
+
+def warm_up() -> None:
+    """Load (or compile) the search's kernels now: the first call of a numba function in a process costs a
+    second or more, which a timing of the search (`gptq.estimate_rounding_seconds`) must not count."""
+    bits, block = np.ones(2), np.zeros((1, 2, 1), np.float32)
+    levels = np.ones(2, np.float32)
+    _round_uniform_block(block, np.ones((1, 1, 1), np.float32), levels, levels, True, bits, 0, 0.0, NEXT_STATE)
+    cheapest_path(np.zeros((2, 2, 2)))

@@ -252,9 +252,9 @@ def test_a_longer_schedule_keeps_the_shorter_presets_result_as_a_candidate(digit
     )
     chosen = wrecked.evaluation["selection"]
     assert set(chosen) >= {"start_distance", "gptq_distance", "optimized_distance"}
-    assert chosen["kept"] == "gptq"
-    assert chosen["gptq_distance"] == min(chosen["start_distance"], chosen["optimized_distance"],
-                                          chosen["gptq_distance"])
+    # The default (`balanced`) also rounds asymmetrically: either GPTQ candidate may win, the schedule may not.
+    assert chosen["kept"] in ("gptq", "asymmetric")
+    assert chosen["optimized_distance"] > chosen[f"{chosen['kept']}_distance"]
     assert all(torch.equal(wrecked.state_dict[k], v) for k, v in fast.state_dict.items())
 
 
