@@ -32,7 +32,8 @@ def main() -> None:
     source = json.loads(args.source.read_text())
     for name in args.subjects:
         data = source["subjects"][name]
-        data["measured"] = {k: source.get(k, "not recorded") for k in ("started", "commit", "command")}
+        # A subject the source itself merged from elsewhere keeps the run that measured it.
+        data.setdefault("measured", {k: source.get(k, "not recorded") for k in ("started", "commit", "command")})
         target["subjects"][name] = data
     target["comparisons"] = compare_with_nncodec(target)
     (args.out / "peers.json").write_text(json.dumps(target, indent=1, default=float))
