@@ -165,12 +165,13 @@ def revise(timeline: Timeline) -> None:
     rounding = timeline.unit("round", 2.0 * build)
     hessian_sample = timeline.unit("hessian_sample", 1.5 * sample)
     iteration = timeline.unit("iteration", 3.0 * plan["batch_size"] * sample + 0.5 * build)
+    per_build = build + rounding if plan["gptq"] else build
     # GPTQ's rate-aware rounding lands 15–25 % under the start's size, so its landing takes about three
     # builds wherever the start's took one (EfficientNet-Lite0 at 5–10×, `finalize.fit_target`).
-    gptq_landing = max(builds, 3.0) * (build + rounding) if plan["gptq"] else builds * build
+    gptq_landing = max(builds, 3.0) * per_build if plan["gptq"] else builds * build
     # The schedule moves the rate off the landed size: its landing took two builds where the start's took
     # one (EfficientNet-Lite0, `bench/results/eta.md`).
-    final_landing = gptq_landing * max(builds, 2.0) / builds
+    final_landing = max(builds, 2.0) * per_build
     timeline.estimate(
         land_start=builds * build,
         hessians=plan["gptq_samples"] * hessian_sample,

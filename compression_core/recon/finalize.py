@@ -3,8 +3,8 @@
 The hinge keeps the entropy near B, but the estimate of the side information is approximate and the soft
 counter is not the hard histogram. So the last step measures the real encoded file and scales every
 transform's step parameters by one common factor α (a safeguarded secant on log α) until the file is at most
-the target size and within ``ratio_tolerance`` of it. α stays close to 1 when the optimization did its job; the relative
-allocation of bits between layers learned by the optimizer is kept.
+the target size and within ``ratio_tolerance`` of it. α stays close to 1 when the optimization did its job;
+the relative allocation of bits between layers learned by the optimizer is kept.
 """
 
 from __future__ import annotations
@@ -101,8 +101,9 @@ def fit_target(
     levels do not fit.
 
     Every build may be a whole GPTQ rounding of the network, so the search is a secant on ln(bytes), aimed at
-    the middle of the window, safeguarded into the bracket once it has one (Illinois regula falsi); plain
-    bisection took eight builds where the trellis-coded rounding's first guess missed by a few per cent."""
+    the middle of the window, safeguarded into the bracket once it has one (Illinois regula falsi): the
+    trellis-coded rate-aware rounding lands 15–25 % under the start's size, which bisection took eight builds
+    to correct and this three."""
     applied = 0.0
 
     def at(x: float) -> tuple[ArtifactContents, int]:

@@ -284,8 +284,8 @@ def trellis_block_rounder(
             exchange,
             NEXT_STATE,
         )
-        back = [torch.from_numpy(a).to(device=block.device, dtype=block.dtype) for a in (rounded, errors)]
-        return back[0], back[1]
+        rounded_back, errors_back = (torch.from_numpy(a).to(block.device, block.dtype) for a in (rounded, errors))
+        return rounded_back, errors_back
 
     return round_block
 
