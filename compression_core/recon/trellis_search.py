@@ -88,8 +88,8 @@ def _uniform_levels(
 ) -> np.ndarray:  # pragma: no cover
     """The cheapest path's levels for weights ``v`` on a uniform grid with a dead zone (level n is 0 at
     n = 0, else sign(n)·(dead + (|n| − ½)·step); `linear` is dead = step/2): the same candidates and costs as
-    `trellis_quantizer`'s general path, in one compiled pass instead of ~40 tensor operations a column.
-    (Compiled: `tests/core/test_trellis.py` checks it against the general path.)"""
+    `trellis_quantizer`, in one compiled pass instead of ~40 tensor operations a column. (Compiled:
+    `tests/core/test_trellis.py` checks it, inside `_round_uniform_block`, against `trellis_quantizer`.)"""
     n = v.shape[0]
     cost = np.empty((n, 2, 2))
     choice = np.zeros((n, 2, 2), np.int64)
@@ -188,11 +188,10 @@ def trellis_quantizer(
 
     Each candidate's cost is (v − ŵ)² + rate_weight · ln2/6 · (2Δ)² · bits(k): the exchange rate of
     `gptq.column_quantizer`'s rate-aware rounding, with 2Δ — the step of either quantizer — as the step and
-    ``bits`` (`level_bits`'s table of the symbols, or None for the error alone) as the rate. Uniform kinds
-    take the compiled path; any other kind the tensor path, which computes the same costs through T⁻¹."""
-    exchange = rate_weight * math.log(2.0) / 6.0 if bits is not None else 0.0
-    if transform.kind in _UNIFORM_KINDS:
-        return _uniform_quantizer(transform, exchange, bits)
+    ``bits`` (`level_bits`'s table of the symbols, or None for the error alone) as the rate. Works for every
+    kind, through T⁻¹ in torch; GPTQ rounds the uniform kinds with `trellis_block_rounder`, which computes the
+    same levels compiled (tested against this)."""
+    exchange = _exchange_rate(rate_weight, bits)
     offsets = torch.tensor(_OFFSETS, dtype=torch.float64)
 
     @torch.no_grad()
@@ -225,37 +224,21 @@ def trellis_quantizer(
     return quantize
 
 
-def _uniform_quantizer(
-    transform: Transform, exchange: float, bits: tuple[torch.Tensor, int] | None
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`trellis_quantizer` for `linear` and `prune_quant`: levels from `_uniform_levels`, values through the
-    transform's own T⁻¹ (so they sit exactly on its grid)."""
-    table, lowest = (bits[0].double().cpu().numpy(), bits[1]) if bits is not None else (np.ones(1), 0)
-
-    @torch.no_grad()
-    def quantize(v: torch.Tensor) -> torch.Tensor:
-        step = transform.param("s", v).detach().double().expand(v.shape).cpu()
-        if transform.kind == "prune_quant":
-            dead = transform.param("e", v).detach().double().expand(v.shape).cpu()
-        else:
-            dead = step / 2
-        levels = _uniform_levels(
-            v.detach().double().cpu().numpy(), dead.numpy(), step.numpy(), table, lowest, exchange, NEXT_STATE
-        )
-        return transform.inverse(torch.from_numpy(levels).to(device=v.device, dtype=v.dtype), v)
-
-    return quantize
+def _exchange_rate(rate_weight: float, bits: tuple[torch.Tensor, int] | None) -> float:
+    """rate_weight · ln2/6: the distortion per bit (in units of step²) the search trades, 0 without a rate."""
+    return rate_weight * math.log(2.0) / 6.0 if bits is not None else 0.0
 
 
 def trellis_block_rounder(
     transform: Transform, rate_weight: float, bits: tuple[torch.Tensor, int] | None
 ) -> BlockRounder | None:
     """For the uniform kinds, GPTQ's whole column loop over a block in one compiled call (`gptq.gptq_round`'s
-    ``round_block``): the same levels and values as its torch loop with `trellis_quantizer`, without ~15
-    tensor operations a column around the search. None for other kinds (they keep the torch loop)."""
+    ``round_block``): the same levels and values as its torch loop with `trellis_quantizer`, without the
+    ~40 tensor operations a column of that search and the loop around it. None for other kinds (they keep
+    the torch loop)."""
     if transform.kind not in _UNIFORM_KINDS:
         return None
-    exchange = rate_weight * math.log(2.0) / 6.0 if bits is not None else 0.0
+    exchange = _exchange_rate(rate_weight, bits)
     table, lowest = (bits[0].double().cpu().numpy(), bits[1]) if bits is not None else (np.ones(1), 0)
     prune = transform.kind == "prune_quant"
     cached: dict[int, tuple[np.ndarray, np.ndarray]] = {}

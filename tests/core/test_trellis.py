@@ -12,7 +12,6 @@ from torch import nn
 
 from compression_core import CompressionConfig, compress, load_l2
 from compression_core.coding import read_manifest
-from compression_core.recon import trellis_search
 from compression_core.recon.gptq import GptqRounder, column_quantizer, gptq_round, round_layer
 from compression_core.recon.level_bits import level_bits
 from compression_core.recon.trellis_search import cheapest_path, trellis_block_rounder, trellis_quantizer
@@ -155,25 +154,15 @@ def test_compress_with_the_trellis_writes_a_version_2_file_that_decodes_bit_exac
         assert torch.equal(decoded[name], tensor), name
 
 
-@pytest.mark.parametrize("kind", ["prune_quant", "linear"])
-@pytest.mark.parametrize("per_channel", [False, True])
-def test_the_compiled_search_agrees_with_the_general_one(kind, per_channel, monkeypatch):
-    """Uniform kinds take `_uniform_levels`; with it switched off the same columns go through T⁻¹ in torch."""
-    torch.manual_seed(1)
-    w = torch.distributions.Laplace(0.0, 0.05).sample((200, 30))
-    transform = make_transform(kind, w, per_channel=per_channel, bits=4.0)
-    bits = level_bits(torch.round(transform.codes(w) / 2).long().reshape(-1))
-    compiled = trellis_quantizer(transform, 0.5, bits)
-    monkeypatch.setattr(trellis_search, "_UNIFORM_KINDS", ())
-    general = trellis_quantizer(transform, 0.5, bits)
-    for column in w.t():
-        assert torch.equal(compiled(column), general(column))
-
-
-@pytest.mark.parametrize(("kind", "per_channel", "groups"), [("prune_quant", True, 1), ("linear", False, 4)])
+@pytest.mark.parametrize(
+    ("kind", "per_channel", "groups"),
+    [("prune_quant", True, 1), ("prune_quant", False, 4), ("linear", True, 1), ("linear", False, 4)],
+)
 def test_the_compiled_block_loop_equals_the_torch_column_loop(kind, per_channel, groups):
-    """`trellis_block_rounder` does GPTQ's whole block in one compiled call: the same weights, bit for bit, as
-    the torch column loop around the same column search (several blocks, a grouped layer, both kinds)."""
+    """`trellis_block_rounder` does GPTQ's whole block in one compiled call (`_uniform_levels` for the search,
+    T⁻¹ in float32): the same weights, bit for bit, as the torch column loop around `trellis_quantizer`, which
+    computes the costs through the transform's own T⁻¹ (several blocks, grouped layers, both uniform kinds,
+    per tensor and per channel)."""
     torch.manual_seed(2)
     w = torch.distributions.Laplace(0.0, 0.05).sample((24, 150 // groups if groups > 1 else 300))
     k = w.shape[1]
