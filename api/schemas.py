@@ -242,8 +242,8 @@ class JobCreate(_Strict):
     preset: Literal["fast", "balanced", "paper"] | None = Field(
         None,
         description="optimizer schedule: 'fast' (GPTQ rounding, no gradient phase), 'balanced' (the default: "
-        "plus asymmetric GPTQ and the BatchNorm stage, sized for 2 CPU cores), 'paper' (the reference "
-        "schedule, for a GPU); fields in options override it",
+        "plus asymmetric GPTQ and the BatchNorm stage, sized for 2 CPU cores), 'paper' (all of "
+        "balanced, then the reference gradient schedule, for a GPU); fields in options override it",
     )
     options: CompressionOptions = Field(default_factory=CompressionOptions)
     device: Literal["auto", "cpu", "cuda"] = "auto"

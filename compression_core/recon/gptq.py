@@ -336,12 +336,15 @@ class GptqRounder:
         self.trellis = trellis
         layers = gptq_layers(model, targets)
         self.hessians = layer_hessians(model, layers, inputs, batch_size, device, max_samples, on_batch)
+        self.input_hessians = dict(self.hessians)  # the original network's; `asymmetric.retarget` swaps entries
         self.originals = {name: targets[name][0].detach().clone() for name in self.hessians}
         self.targets = targets
         log.info("GPTQ rounding for %d of %d coded weights", len(self.hessians), len(targets))
 
     def take_current_weights(self) -> None:
-        """Round the latent weights as they are now (after a gradient phase moved them) from here on."""
+        """Round the latent weights as they are now (after a gradient phase moved them) from here on, under the
+        original network's input statistics: an asymmetric stage's H̃ belonged to its own targets W*."""
+        self.hessians = dict(self.input_hessians)
         self.originals = {name: self.targets[name][0].detach().clone() for name in self.hessians}
 
     @torch.no_grad()

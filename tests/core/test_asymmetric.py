@@ -104,6 +104,21 @@ def test_retargeting_brings_the_network_output_closer_and_keeps_the_codes_on_the
                 assert torch.equal(t.inverse(torch.round(t.codes(w)), w), w), name
 
 
+def test_weights_taken_after_the_stage_are_rounded_under_the_original_inputs():
+    """A gradient phase after the stage (``paper``) hands the rounder its learned weights: they are fitted to the
+    original network's inputs, so the stage's H̃ (the compressed network's) must not round them."""
+    model = _network()
+    torch.manual_seed(1)
+    inputs = torch.randn(128, 3, 8, 8).cumsum(2).cumsum(3) / 8
+    state, weights, rounder = _gptq_rounded(model, inputs)
+    plain = {name: h.clone() for name, h in rounder.hessians.items()}
+    retarget(model, state, rounder, inputs, 32, torch.device("cpu"), 256)
+    assert not torch.equal(rounder.hessians[weights[-1]], plain[weights[-1]])  # the stage swapped it
+    rounder.take_current_weights()
+    assert all(torch.equal(rounder.hessians[name], plain[name]) for name in weights)
+    assert all(torch.equal(rounder.originals[name], w) for name, w, _ in state.items() if name in weights)
+
+
 def test_compress_judges_the_asymmetric_rounding_beside_plain_gptq(digits):
     """The retargeted rounding is a candidate like any other: both distances are reported, the kept one is the
     closest that passed the paired test, and every rounded layer is listed with how far its target moved."""
@@ -118,6 +133,20 @@ def test_compress_judges_the_asymmetric_rounding_beside_plain_gptq(digits):
     assert all(entry["moved"] >= 0.0 for entry in result.evaluation["asymmetric"]["layers"])
     plain = compress(model, split.train_x[:300], 20.0, config=CompressionConfig.from_dict({"preset": "fast"}))
     assert "asymmetric" not in plain.evaluation and "gptq_distance" not in plain.evaluation["selection"]
+
+
+def test_the_paper_preset_judges_its_learned_weights_against_every_shorter_candidate(digits):
+    """``paper`` builds ``balanced``'s candidates (the GPTQ start, the asymmetric rounding) before its gradient
+    phases, and keeps the learned weights only where they beat the candidate kept before them."""
+    model, split = digits
+    config = CompressionConfig.from_dict(
+        {"preset": "paper", "rounds": 1, "transform_iters": 4, "weight_iters": 4, "batch_size": 32}
+    )
+    result = compress(model, split.train_x[:300], 20.0, config=config)
+    selection = result.evaluation["selection"]
+    distances = {k: selection[f"{k}_distance"] for k in ("start", "gptq", "asymmetric", "optimized")}
+    assert selection["kept"] in distances and "asymmetric" in result.evaluation
+    assert distances[selection["kept"]] <= distances["start"]
 
 
 def test_a_cancel_stops_the_asymmetric_stage_between_layers(digits):
