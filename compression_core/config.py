@@ -37,12 +37,13 @@ class CompressionConfig:
     ``gptq_samples`` samples) or ``nearest``; ``gptq_damping``: λ of H + λ·mean(diag H)·I (larger trusts
     the calibration inputs less); ``gptq_rate_weight``: how much GPTQ's choice between a weight's two
     neighbouring levels weighs their bits against their error (rate-aware rounding; 0 = nearest after
-    compensation, 1 = the high-rate exchange rate of a uniform quantizer; 0.25 since the trellis, docs/method.md). ``gptq_asymmetric``: after that
-    rounding, round every layer again against the original network's output given the compressed network's
-    inputs, layer by layer (`recon/asymmetric.py`; a candidate the selection test must accept; on in
-    ``balanced``, the default, and ``paper``, off in ``fast``); ``gptq_asymmetric_strength`` (0–1]: the share of
-    that stage's correction the target takes (it is a least-squares fit to the calibration samples; 0.25 and 0.5
-    measured no better than 1 on EfficientNet-Lite0, docs/method.md). ``gptq_trellis`` (on in every preset):
+    compensation, 1 = the high-rate exchange rate of a uniform quantizer; 0.25 measured best with the trellis,
+    docs/method.md). ``gptq_asymmetric``: after that rounding, round every layer again against the original
+    network's output given the compressed network's inputs, layer by layer (`recon/asymmetric.py`; a
+    candidate the selection test must accept; on in ``balanced``, the default, and ``paper``, off in
+    ``fast``); ``gptq_asymmetric_strength`` (0–1]: the share of that stage's correction the target takes (it
+    is a least-squares fit to the calibration samples; 0.25 and 0.5 measured no better than 1 on
+    EfficientNet-Lite0, docs/method.md). ``gptq_trellis`` (on in every preset):
     GPTQ picks trellis-coded levels (dependent quantization: two interleaved grids and a 4-state machine,
     `transforms/trellis.py`), about 3.4 % fewer bits at equal error, for about twice GPTQ's rounding time;
     such files are format version 2 (off: version 1, which older readers take).
