@@ -33,18 +33,11 @@ from __future__ import annotations
 _START = dict(
     per_channel=False, allocation="sensitivity", sensitivity_batches=16, gptq_samples=512, gptq_asymmetric=False
 )
+_BALANCED = dict(_START, rounding="gptq", rounds=0, bn_recalibration=True, gptq_asymmetric=True)
 PRESETS: dict[str, dict] = {
     "fast": dict(_START, rounding="gptq", rounds=0, bn_recalibration=None),
-    "balanced": dict(_START, rounding="gptq", rounds=0, bn_recalibration=True, gptq_asymmetric=True),
-    "paper": dict(
-        _START,
-        rounding="gptq",
-        rounds=3,
-        transform_iters=300,
-        weight_iters=1000,
-        batch_size=16,
-        bn_recalibration=True,
-        gptq_asymmetric=True,
-    ),
+    "balanced": _BALANCED,
+    # balanced's candidates, then the reference schedule: the selection test keeps its result only if better
+    "paper": dict(_BALANCED, rounds=3, transform_iters=300, weight_iters=1000, batch_size=16),
 }
 DEFAULT_PRESET = "balanced"
