@@ -17,8 +17,8 @@ import torch
 
 from compression_core.recon.budget import UnreachableTargetError
 from compression_core.recon.state import QuantizedState
+from compression_core.recon.trellis_search import symbols_of_levels
 from compression_core.records import ArtifactContents, CodedTensor, StoredTensor
-from compression_core.transforms.trellis import trellis_symbols
 
 log = logging.getLogger(__name__)
 # How fast ln(file bytes) falls per unit of log step scale: about 1/(ln 2 · bits a weight) for the coded share,
@@ -58,7 +58,7 @@ def build_contents(
             ):
                 raise UnreachableTargetError(f"{name}: symbols overflow int32; the transform diverged")
             if name in trellis:
-                symbols = trellis_symbols(symbols, shape)
+                symbols = symbols_of_levels(symbols, shape)
             records.append(
                 CodedTensor(
                     name,

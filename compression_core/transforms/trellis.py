@@ -26,15 +26,17 @@ class TrellisPathError(ValueError):
     """Levels that no path of the state machine produces (not the output of a trellis search)."""
 
 
-def _chains(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def as_chains(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``values`` as (output channels, the rest), int64: row r holds every chain's r-th element."""
     rows = shape[0] if shape else 1
     return np.asarray(values, dtype=np.int64).reshape(rows, -1)
 
 
 def trellis_symbols(levels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Symbols (int64, flat) that stand for the base-grid ``levels`` of a tensor of ``shape``; raises
-    `TrellisPathError` where a level is not on the grid its state allows."""
-    n = _chains(levels, shape)
+    `TrellisPathError` where a level is not on the grid its state allows. (The reference: the encoder writes
+    files with `recon.trellis_search.symbols_of_levels`, the same mapping compiled.)"""
+    n = as_chains(levels, shape)
     k = np.empty_like(n)
     state = np.zeros(n.shape[1], dtype=np.int64)
     for row in range(n.shape[0]):
@@ -51,7 +53,7 @@ def trellis_symbols(levels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 def trellis_levels(symbols: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Base-grid levels (int64, flat) the ``symbols`` of a tensor of ``shape`` stand for."""
-    k = _chains(symbols, shape)
+    k = as_chains(symbols, shape)
     n = np.empty_like(k)
     state = np.zeros(k.shape[1], dtype=np.int64)
     for row in range(k.shape[0]):

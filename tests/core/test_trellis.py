@@ -4,6 +4,7 @@ files that decode bit-exact."""
 
 import itertools
 import math
+import re
 
 import numpy as np
 import pytest
@@ -14,7 +15,12 @@ from compression_core import CompressionConfig, compress, load_l2
 from compression_core.coding import read_manifest
 from compression_core.recon.gptq import GptqRounder, column_quantizer, gptq_round, round_layer
 from compression_core.recon.level_bits import level_bits
-from compression_core.recon.trellis_search import cheapest_path, trellis_block_rounder, trellis_quantizer
+from compression_core.recon.trellis_search import (
+    cheapest_path,
+    symbols_of_levels,
+    trellis_block_rounder,
+    trellis_quantizer,
+)
 from compression_core.transforms import make_transform
 from compression_core.transforms.trellis import NEXT_STATE, TrellisPathError, trellis_levels, trellis_symbols
 
@@ -45,6 +51,22 @@ def test_levels_off_their_states_grid_are_refused():
     assert trellis_levels(np.array([1, 1]), (2, 1)).tolist() == [2, 1]
     with pytest.raises(TrellisPathError, match=r"level 2 at \(1, 0\)"):
         trellis_symbols(np.array([2, 2]), (2, 1))
+
+
+@pytest.mark.parametrize("shape", [(17, 3, 2, 2), (1000, 64), (5,), (1, 9)])
+def test_the_encoders_compiled_symbols_equal_the_reference_mapping(shape):
+    rng = np.random.default_rng(len(shape))
+    symbols = rng.integers(-40, 41, size=math.prod(shape))
+    levels = trellis_levels(symbols, shape)
+    assert np.array_equal(symbols_of_levels(levels, shape), trellis_symbols(levels, shape))
+    # Off the grid, both name the same first offending level.
+    broken = levels.copy()
+    at = len(broken) // 2 + int(np.flatnonzero(levels[len(levels) // 2 :])[0])  # a nonzero level: its state is known
+    broken[at] += 1 if broken[at] != -1 else -1  # the other parity and not 0: off either quantizer's grid
+    with pytest.raises(TrellisPathError) as reference:
+        trellis_symbols(broken, shape)
+    with pytest.raises(TrellisPathError, match=re.escape(str(reference.value))):
+        symbols_of_levels(broken, shape)
 
 
 def _path_cost(cost: np.ndarray, parities) -> tuple[float, list[int]]:
