@@ -311,6 +311,10 @@ def compress(
         landed = fit_target(state, build, measure_file_bytes, budget.target_file_bytes, config.ratio_tolerance)
         timeline.measure("build", sum(builds) / len(builds))
         timeline.measure("builds", len(builds))
+        if trellis and "decode" not in timeline.units:
+            t0 = time.monotonic()
+            decode_state_dict(landed[0], original_sd)
+            timeline.measure("decode", time.monotonic() - t0)
         revise(timeline)
         return landed
 
@@ -420,7 +424,8 @@ def compress(
         return None if fitted is None else (*fitted, decode_state_dict(fitted[0], original_sd))
 
     sample, build = timeline.unit("sample", 0.0), timeline.unit("build", 0.0)
-    piece_seconds = [samples * sample + builds * build for samples, builds in batchnorm_pieces.values()]
+    recode_seconds = build + timeline.unit("decode", build)
+    piece_seconds = [samples * sample + builds * recode_seconds for samples, builds in batchnorm_pieces.values()]
     done_by_piece = dict(zip(batchnorm_pieces, itertools.accumulate(piece_seconds), strict=True))
     stage_seconds = max(sum(piece_seconds), 1e-9)
 

@@ -154,10 +154,10 @@ def plan_compression(
 def revise(timeline: Timeline) -> None:
     """Re-estimate every pending stage from the unit costs measured so far: ``sample`` (seconds per sample
     forward), ``hessian_sample`` (seconds per sample of GPTQ's input statistics), ``asymmetric_sample`` (seconds
-    per sample of the asymmetric stage's passes and products), ``build`` (seconds per
-    ratio-controller build), ``builds`` (builds per landing), ``round`` (seconds per GPTQ rounding of the
-    network), ``iteration`` (one timed schedule step, `schedule.seconds_per_iteration`; guessed from ``sample``
-    until then); once the schedule runs, its own pace takes over (`Timeline.fraction`)."""
+    per sample of the asymmetric stage's passes and products), ``build`` (seconds per ratio-controller build),
+    ``builds`` (builds per landing), ``decode`` (seconds to decode a file's weights), ``round`` (seconds per GPTQ
+    rounding of the network), ``iteration`` (one timed schedule step, `schedule.seconds_per_iteration`; guessed
+    from ``sample`` until then); once the schedule runs, its own pace takes over (`Timeline.fraction`)."""
     plan = timeline.plan
     sample = timeline.unit("sample", 0.0)
     build = timeline.unit("build", 0.0)
@@ -165,6 +165,9 @@ def revise(timeline: Timeline) -> None:
     rounding = timeline.unit("round", 2.0 * build)
     hessian_sample = timeline.unit("hessian_sample", 1.5 * sample)
     iteration = timeline.unit("iteration", 3.0 * plan["batch_size"] * sample + 0.5 * build)
+    # Decoding a file's weights (selection, every BatchNorm re-fit): as dear as a build until a trellis landing
+    # times one; mapping trellis symbols back to levels made it 2–3× a build on EfficientNet-Lite0.
+    decode = timeline.unit("decode", build)
     per_build = build + rounding if plan["gptq"] else build
     # GPTQ's rate-aware rounding lands 15–25 % under the start's size, so its landing takes about three
     # builds wherever the start's took one (EfficientNet-Lite0 at 5–10×, `finalize.fit_target`).
@@ -192,7 +195,7 @@ def revise(timeline: Timeline) -> None:
         land_blocks=builds * build,
         schedule=plan["iterations"] * iteration,
         land_final=final_landing,
-        select=plan["candidates"] * (plan["selection_samples"] * sample + build),
-        batchnorm=plan["batchnorm_samples"] * sample + plan["batchnorm_builds"] * build,
+        select=plan["candidates"] * (plan["selection_samples"] * sample + decode),
+        batchnorm=plan["batchnorm_samples"] * sample + plan["batchnorm_builds"] * (build + decode),
         evaluate=2.0 * plan["holdout_samples"] * sample,
     )

@@ -74,7 +74,7 @@ def _plan(**changes):
 def test_measured_unit_costs_size_every_pending_stage():
     timeline = _plan()
     timeline.begin("probe")
-    units = {"sample": 0.01, "hessian_sample": 0.1, "build": 2.0, "builds": 6, "round": 5.0}
+    units = {"sample": 0.01, "hessian_sample": 0.1, "build": 2.0, "builds": 6, "round": 5.0, "decode": 3.0}
     for unit, seconds in units.items():
         timeline.measure(unit, seconds)
     revise(timeline)
@@ -82,8 +82,9 @@ def test_measured_unit_costs_size_every_pending_stage():
     assert timeline.expected["land_gptq"] == timeline.expected["land_final"] == pytest.approx(6 * 7.0)
     assert timeline.expected["schedule"] == pytest.approx(100 * (3 * 8 * 0.01 + 0.5 * 2.0))
     assert timeline.expected["hessians"] == pytest.approx(128 * 0.1)
-    assert timeline.expected["select"] == pytest.approx(3 * (20 * 0.01 + 2.0))
-    assert timeline.expected["batchnorm"] == pytest.approx(600 * 0.01 + 2 * 2.0)
+    # Selection decodes each candidate; a BatchNorm re-fit builds the file and decodes it.
+    assert timeline.expected["select"] == pytest.approx(3 * (20 * 0.01 + 3.0))
+    assert timeline.expected["batchnorm"] == pytest.approx(600 * 0.01 + 2 * (2.0 + 3.0))
 
 
 def test_block_wise_reconstruction_is_planned_between_the_rounding_and_the_schedule():
