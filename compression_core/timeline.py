@@ -165,8 +165,8 @@ def revise(timeline: Timeline) -> None:
     rounding = timeline.unit("round", 2.0 * build)
     hessian_sample = timeline.unit("hessian_sample", 1.5 * sample)
     iteration = timeline.unit("iteration", 3.0 * plan["batch_size"] * sample + 0.5 * build)
-    # Decoding a file's weights (selection, every BatchNorm re-fit): as dear as a build until a trellis landing
-    # times one; mapping trellis symbols back to levels made it 2–3× a build on EfficientNet-Lite0.
+    # Decoding a file's weights (selection, every BatchNorm re-fit): timed after the first landing, guessed at a
+    # build until then; mapping trellis symbols back to levels makes it 2–3× a build on EfficientNet-Lite0.
     decode = timeline.unit("decode", build)
     per_build = build + rounding if plan["gptq"] else build
     # GPTQ's rate-aware rounding lands 15–25 % under the start's size, so its landing takes about three
