@@ -275,9 +275,9 @@ def trellis_block_rounder(
 
 @njit(cache=True)
 def _symbols_of_chains(levels: np.ndarray, next_state: np.ndarray) -> tuple[np.ndarray, int, int]:  # pragma: no cover
-    """`transforms.trellis.trellis_symbols` over (rows, chains) levels, compiled; (symbols, row, column) with
-    the first off-grid level's row and column, or −1, −1. (Compiled: `tests/core/test_trellis.py` checks it
-    against the reference.)"""
+    """The symbols of (rows, chains) base-grid levels, each chain walked from state 0 (the inverse of
+    `transforms.trellis.trellis_levels`); (symbols, row, column) with the first off-grid level's row and column,
+    or −1, −1. (Compiled: `tests/core/test_trellis.py` checks it against `trellis_levels`.)"""
     rows, chains = levels.shape
     symbols = np.empty_like(levels)
     state = np.zeros(chains, np.int64)
@@ -298,9 +298,10 @@ def _symbols_of_chains(levels: np.ndarray, next_state: np.ndarray) -> tuple[np.n
 
 
 def symbols_of_levels(levels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """The symbols (int64, flat) the file stores for trellis-searched ``levels`` of a tensor of ``shape``: the
-    reference mapping's numpy loop over output channels took 0.34 s of every 0.45 s build on EfficientNet-Lite0,
-    and the ratio controller builds three times a landing. Raises `TrellisPathError` as the reference does."""
+    """The symbols (int64, flat) the file stores for trellis-searched ``levels`` of a tensor of ``shape``;
+    raises `TrellisPathError` where a level is not on the grid its state allows. Compiled, on the encoder's
+    side: a numpy loop over output channels took 0.34 s of every 0.45 s build on EfficientNet-Lite0 (three
+    builds a landing); the decoder's inverse stays numpy."""
     chains = np.ascontiguousarray(as_chains(levels, shape))
     symbols, row, column = _symbols_of_chains(chains, NEXT_STATE)
     if row >= 0:

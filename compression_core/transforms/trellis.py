@@ -32,25 +32,6 @@ def as_chains(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.asarray(values, dtype=np.int64).reshape(rows, -1)
 
 
-def trellis_symbols(levels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Symbols (int64, flat) that stand for the base-grid ``levels`` of a tensor of ``shape``; raises
-    `TrellisPathError` where a level is not on the grid its state allows. (The reference: the encoder writes
-    files with `recon.trellis_search.symbols_of_levels`, the same mapping compiled.)"""
-    n = as_chains(levels, shape)
-    k = np.empty_like(n)
-    state = np.zeros(n.shape[1], dtype=np.int64)
-    for row in range(n.shape[0]):
-        level = n[row]
-        second = state >= 2
-        off_grid = np.where(second, (level % 2 == 0) & (level != 0), level % 2 != 0)
-        if off_grid.any():
-            column = int(np.flatnonzero(off_grid)[0])
-            raise TrellisPathError(f"level {int(level[column])} at ({row}, {column}) is off its state's grid")
-        k[row] = np.where(second, (level + np.sign(level)) // 2, level // 2)
-        state = NEXT_STATE[state, k[row] & 1]
-    return k.reshape(-1)
-
-
 def trellis_levels(symbols: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Base-grid levels (int64, flat) the ``symbols`` of a tensor of ``shape`` stand for."""
     k = as_chains(symbols, shape)

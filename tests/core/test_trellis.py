@@ -22,7 +22,7 @@ from compression_core.recon.trellis_search import (
     trellis_quantizer,
 )
 from compression_core.transforms import make_transform
-from compression_core.transforms.trellis import NEXT_STATE, TrellisPathError, trellis_levels, trellis_symbols
+from compression_core.transforms.trellis import NEXT_STATE, TrellisPathError, trellis_levels
 
 
 def _entropy_bits(symbols: np.ndarray) -> float:
@@ -36,7 +36,7 @@ def test_symbols_and_levels_invert_each_other_along_every_column():
     shape = (17, 3, 2, 2)
     symbols = rng.integers(-6, 7, size=math.prod(shape))
     levels = trellis_levels(symbols, shape)
-    assert np.array_equal(trellis_symbols(levels, shape), symbols)
+    assert np.array_equal(symbols_of_levels(levels, shape), symbols)
     # Every column is its own chain from state 0, so the first output channel decodes as Q0: level = 2·symbol.
     first = symbols.reshape(shape[0], -1)[0]
     assert np.array_equal(levels.reshape(shape[0], -1)[0], 2 * first)
@@ -46,26 +46,25 @@ def test_symbols_and_levels_invert_each_other_along_every_column():
 
 def test_levels_off_their_states_grid_are_refused():
     with pytest.raises(TrellisPathError, match=r"level 1 at \(0, 0\)"):
-        trellis_symbols(np.array([1, 2]), (2, 1))  # state 0 allows even levels only
+        symbols_of_levels(np.array([1, 2]), (2, 1))  # state 0 allows even levels only
     # After symbol 1 (odd) the chain is in state 2 (Q1): odd levels and 0 are allowed, 2 is not.
     assert trellis_levels(np.array([1, 1]), (2, 1)).tolist() == [2, 1]
     with pytest.raises(TrellisPathError, match=r"level 2 at \(1, 0\)"):
-        trellis_symbols(np.array([2, 2]), (2, 1))
+        symbols_of_levels(np.array([2, 2]), (2, 1))
 
 
 @pytest.mark.parametrize("shape", [(17, 3, 2, 2), (1000, 64), (5,), (1, 9)])
-def test_the_encoders_compiled_symbols_equal_the_reference_mapping(shape):
+def test_the_encoders_compiled_symbols_invert_the_decoders_levels(shape):
     rng = np.random.default_rng(len(shape))
     symbols = rng.integers(-40, 41, size=math.prod(shape))
     levels = trellis_levels(symbols, shape)
-    assert np.array_equal(symbols_of_levels(levels, shape), trellis_symbols(levels, shape))
-    # Off the grid, both name the same first offending level.
+    assert np.array_equal(symbols_of_levels(levels, shape), symbols)
+    # Off the grid, the error names the first offending level and where it sits (row, chain).
     broken = levels.copy()
     at = len(broken) // 2 + int(np.flatnonzero(levels[len(levels) // 2 :])[0])  # a nonzero level: its state is known
     broken[at] += 1 if broken[at] != -1 else -1  # the other parity and not 0: off either quantizer's grid
-    with pytest.raises(TrellisPathError) as reference:
-        trellis_symbols(broken, shape)
-    with pytest.raises(TrellisPathError, match=re.escape(str(reference.value))):
+    row, chain = divmod(at, len(broken) // shape[0])
+    with pytest.raises(TrellisPathError, match=re.escape(f"level {broken[at]} at ({row}, {chain})")):
         symbols_of_levels(broken, shape)
 
 
@@ -102,7 +101,7 @@ def test_trellis_rounding_spends_fewer_bits_than_scalar_rounding_at_equal_error(
             transform = make_transform("prune_quant", w, step=torch.tensor(step / 2 if trellis else step))
             q = round_layer(w, transform, identity, damping=0.1, rate_weight=0.5, trellis=trellis)
             levels = torch.round(transform.codes(q)).long().numpy().reshape(-1)
-            symbols = trellis_symbols(levels, tuple(w.shape)) if trellis else levels
+            symbols = symbols_of_levels(levels, tuple(w.shape)) if trellis else levels
             points.append((float((q - w).pow(2).mean()), _entropy_bits(symbols) / w.numel()))
         return points
 
@@ -146,7 +145,7 @@ def test_gptq_with_the_trellis_compensates_and_chooses_a_valid_path(name, make_l
     with torch.no_grad():
         levels = torch.round(transform.codes(latent))
         assert torch.equal(transform.inverse(levels, latent), latent), "on the base grid"
-    trellis_symbols(levels.long().numpy(), tuple(w.shape))  # raises off the trellis
+    symbols_of_levels(levels.long().numpy(), tuple(w.shape))  # raises off the trellis
     assert errors["trellis"] < 0.9 * errors["uncompensated"], name
 
 
