@@ -80,6 +80,11 @@ class CompressionOptions(_Strict):
         description="GPTQ picks trellis-coded levels (dependent quantization): about 3 % fewer bits at equal "
         "error; the file is format version 2",
     )
+    gptq_gain_allocation: bool | None = Field(
+        None,
+        description="scale each layer's step by how much of its rounding error GPTQ removes on samples it was not "
+        "fitted to (coarser where the compensation is strong)",
+    )
     sensitivity_batches: int | None = Field(None, ge=1, le=10_000, description="probe batches of the allocation")
     sensitivity_exponent: float | None = Field(
         None, ge=0, le=1, description="steps ∝ sensitivity^−exponent in the allocation; 0 = one step for all"

@@ -48,6 +48,7 @@ from compression_core.recon.budget import (
 )
 from compression_core.recon.finalize import build_contents, dtype_name, fit_target, replace_stored
 from compression_core.recon.gptq import GptqRounder, estimate_rounding_seconds, gptq_layers, layer_hessians
+from compression_core.recon.gptq_gain import measure_gains, rebalance_steps
 from compression_core.recon.losses import distillation_distance, per_sample_distances
 from compression_core.recon.schedule import Reporter, run_schedule, seconds_per_iteration
 from compression_core.recon.sensitivity import weight_sensitivity
@@ -195,6 +196,7 @@ def compress(
     timeline = plan_compression(
         iterations=iterations,
         gptq=config.rounding == "gptq",
+        gptq_gains=config.rounding == "gptq" and config.gptq_gain_allocation,
         batch_size=config.batch_size,
         gptq_samples=min(config.gptq_samples, optimize_idx.numel()),
         selection_samples=select_idx.numel(),
@@ -326,6 +328,7 @@ def compress(
     # must beat it on samples it never optimized on, or the start is what gets written.
     candidates = {"start": land("land_start", "finalize")}
     rounder = None
+    gptq_gains: dict[str, float] = {}
     if config.rounding == "gptq" and state.names:
         timeline.begin("hessians")
         reporter.emit("gptq", 0, timeline.fraction(), message="measuring every linear/conv layer's input Hessian")
@@ -350,7 +353,19 @@ def compress(
             rate_weight=config.gptq_rate_weight,
             trellis=config.gptq_trellis,
             on_batch=lambda done: reporter.emit("gptq", 0, timeline.fraction(done)),
+            folds=config.gptq_gain_allocation,
         )
+        if config.gptq_gain_allocation:
+            timeline.begin("gains")
+            reporter.emit("gptq", 0, timeline.fraction(), message="measuring GPTQ's held-out gain per layer")
+            gptq_gains = measure_gains(rounder)
+            rounder.drop_folds()
+            rebalance_steps(
+                {n: t for n, _, t in state.items()},
+                {n: w.numel() for n, w, _ in state.items()},
+                gptq_gains,
+                config.sensitivity_exponent,
+            )
     with_phases = bool(state.names and iterations)
     with_blocks = bool(state.names and config.block_iters)
     unrounded = copy.deepcopy(state.state_dict()) if with_phases else None  # where the phases begin
@@ -458,6 +473,8 @@ def compress(
         evaluation["blockwise"] = blockwise_note
     if asymmetric_note is not None:
         evaluation["asymmetric"] = asymmetric_note
+    if gptq_gains:
+        evaluation["gptq_gains"] = {name: round(gain, 4) for name, gain in gptq_gains.items()}
     timeline.finish()
     evaluation["stages"] = timeline.report()
 

@@ -47,6 +47,9 @@ class CompressionConfig:
     GPTQ picks trellis-coded levels (dependent quantization: two interleaved grids and a 4-state machine,
     `transforms/trellis.py`), about 3.4 % fewer bits at equal error, for about twice GPTQ's rounding time;
     such files are format version 2 (off: version 1, which older readers take).
+    ``gptq_gain_allocation`` (on): before GPTQ's landing, each layer's step is scaled by r^−½, r the share of
+    the output error that GPTQ leaves on samples it was not fitted to (`recon/gptq_gain.py`; two folds of the
+    Hessian samples): coarser steps where the compensation is strong, finer where it is not.
     ``block_iters`` > 0 reconstructs the codes block by block after the rounding (`recon/blockwise.py`):
     that many steps per block at ``block_lr`` (in levels per step, cosine-decayed) against the block's
     teacher output, on QDrop's input mix (``block_input_mix``: each input element the teacher's with this
@@ -91,6 +94,7 @@ class CompressionConfig:
     gptq_asymmetric: bool = True
     gptq_asymmetric_strength: float = 1.0
     gptq_trellis: bool = True
+    gptq_gain_allocation: bool = True
     block_iters: int = 0
     block_lr: float = 0.01
     block_input_mix: float = 0.5

@@ -110,6 +110,7 @@ def plan_compression(
     iterations: int,
     gptq: bool,
     batch_size: int,
+    gptq_gains: bool = False,
     gptq_samples: int,
     selection_samples: int,
     candidates: int,
@@ -125,7 +126,7 @@ def plan_compression(
     """The stages `compress` runs, with zero estimates until the first unit costs are measured (`revise`)."""
     stages = ["probe", "land_start"]
     if gptq:
-        stages += ["hessians", "land_gptq"]
+        stages += ["hessians"] + (["gains"] if gptq_gains else []) + ["land_gptq"]
     if gptq and asymmetric_layers:
         stages += ["asymmetric", "land_asymmetric"]
     if block_iters and blocks:
@@ -143,6 +144,7 @@ def plan_compression(
         "batchnorm_builds": batchnorm_builds,
         "holdout_samples": holdout_samples,
         "gptq": gptq,
+        "gptq_gains": gptq_gains,
         "asymmetric_layers": asymmetric_layers,
         "block_iters": block_iters,
         "blocks": blocks,
@@ -178,6 +180,9 @@ def revise(timeline: Timeline) -> None:
     timeline.estimate(
         land_start=builds * build,
         hessians=plan["gptq_samples"] * hessian_sample,
+        # Two plain roundings of the network, one a fold (`gptq_gain.py`), in the torch column loop: about six
+        # of the compiled trellis roundings the estimate times (EfficientNet-Lite0: 4.8–6.3 s against 0.9 s).
+        gains=6.0 * rounding if plan.get("gptq_gains") else 0.0,
         land_gptq=gptq_landing,
         # Timed on a probe batch (`asymmetric.plan_stage`); until then every layer's two passes are
         # guessed at half the network each, and H̃ and X·X̃ᵀ at two Hessian passes' products. The layers are

@@ -98,15 +98,33 @@ def layer_hessians(
     """H = mean of x·xᵀ per layer and group, shape (groups, K, K), from the original model's inputs to each
     layer on at most ``max_samples`` calibration samples. ``on_batch`` is told the share done after each
     batch (a progress estimate's pace)."""
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = dict.fromkeys(layers, 0)
+    return fold_hessians(model, layers, inputs, batch_size, device, max_samples, on_batch)[0]
+
+
+@torch.no_grad()
+def fold_hessians(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    inputs: Inputs,
+    batch_size: int,
+    device: torch.device,
+    max_samples: int = 128,
+    on_batch: Callable[[float], None] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """`layer_hessians`, and the same means over the even and over the odd batches: two folds of disjoint
+    samples for out-of-sample checks (`gptq_gain.py`), at no extra forward pass. A fold without samples
+    (a single batch) is left out of its dict."""
+    sums: list[dict[str, torch.Tensor]] = [{}, {}]
+    counts: list[dict[str, int]] = [dict.fromkeys(layers, 0), dict.fromkeys(layers, 0)]
+    fold = [0]
 
     def hook(name):
         def record(module, args, _out):
             cols = grouped_columns(module, args[0].detach().float())
             h = torch.bmm(cols, cols.transpose(1, 2))
-            sums[name] = sums[name] + h if name in sums else h
-            counts[name] += cols.shape[2]
+            into = sums[fold[0]]
+            into[name] = into[name] + h if name in into else h
+            counts[fold[0]][name] += cols.shape[2]
 
         return record
 
@@ -114,7 +132,8 @@ def layer_hessians(
     try:
         subset = select(inputs, slice(0, min(num_samples(inputs), max_samples)))
         total, done = num_samples(subset), 0
-        for batch in batches(subset, batch_size):
+        for index, batch in enumerate(batches(subset, batch_size)):
+            fold[0] = index % 2
             call_model(model, to_device(batch, device))
             done += num_samples(batch)
             if on_batch is not None:
@@ -122,7 +141,13 @@ def layer_hessians(
     finally:
         for h in handles:
             h.remove()
-    return {n: sums[n] / max(1, counts[n]) for n in sums}
+    combined = {
+        n: sum(part[n] for part in sums if n in part) / (counts[0][n] + counts[1][n])
+        for n in layers
+        if n in sums[0] or n in sums[1]
+    }
+    per_fold = tuple({n: part[n] / counts[f][n] for n in layers if n in part} for f, part in enumerate(sums))
+    return combined, *per_fold
 
 
 def damped(h: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -330,16 +355,24 @@ class GptqRounder:
         on_batch: Callable[[float], None] | None = None,
         rate_weight: float = 0.0,
         trellis: bool = False,
+        folds: bool = False,
     ) -> None:
         self.damping = damping
         self.rate_weight = rate_weight
         self.trellis = trellis
         layers = gptq_layers(model, targets)
-        self.hessians = layer_hessians(model, layers, inputs, batch_size, device, max_samples, on_batch)
+        self.hessians, *folds_measured = fold_hessians(model, layers, inputs, batch_size, device, max_samples, on_batch)
+        # Two disjoint halves of the samples' H per layer (`gptq_gain.py`), when asked for; free with `drop_folds`.
+        self.folds: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = (
+            tuple(folds_measured) if folds else None
+        )
         self.input_hessians = dict(self.hessians)  # the original network's; `asymmetric.retarget` swaps entries
         self.originals = {name: targets[name][0].detach().clone() for name in self.hessians}
         self.targets = targets
         log.info("GPTQ rounding for %d of %d coded weights", len(self.hessians), len(targets))
+
+    def drop_folds(self) -> None:
+        self.folds = None
 
     def take_current_weights(self) -> None:
         """Round the latent weights as they are now (after a gradient phase moved them) from here on, under the
