@@ -34,6 +34,7 @@ def output_error(delta: torch.Tensor, hessian: torch.Tensor) -> float:
     return float(torch.einsum("grk,gkl,grl->", d, hessian.double(), d))
 
 
+@torch.no_grad()
 def held_out_gain(
     weight: torch.Tensor, transform: Transform, folds: tuple[torch.Tensor, torch.Tensor], damping: float
 ) -> float:

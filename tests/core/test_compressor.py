@@ -315,3 +315,29 @@ def test_the_forward_timing_that_prices_later_stages_ignores_slow_passes():
     per_sample = _seconds_per_sample(model, torch.zeros(8, 4), config, torch.device("cpu"))
     # A mean of the timed passes would be ≈ (2·0.5 + 3·0.02)/5 per batch; the median stays at a fast pass.
     assert 0.02 / 4 <= per_sample < 0.06 / 4
+
+
+def test_gptq_gain_allocation_reports_each_layers_gain_and_changes_the_steps(digits):
+    model, split = digits
+    runs = {
+        on: compress(
+            model,
+            split.train_x[:128],
+            10.0,
+            config=CompressionConfig.from_dict({"preset": "fast", "gptq_gain_allocation": on}),
+        )
+        for on in (True, False)
+    }
+    gains = runs[True].evaluation["gptq_gains"]
+    convolutions = [n for n, p in model.named_parameters() if p.dim() >= 2]
+    assert sorted(gains) == sorted(convolutions)
+    assert all(0.0 < g <= 4.0 for g in gains.values())
+    assert min(gains.values()) < 0.9  # digits' correlated pixels: compensation pays somewhere
+    assert "gains" in runs[True].evaluation["stages"]
+    assert "gptq_gains" not in runs[False].evaluation and "gains" not in runs[False].evaluation["stages"]
+    steps = {on: {r.name: r.params for r in run.contents.records if isinstance(r, CodedTensor)} for on, run in
+             runs.items()}
+    assert any(not np.array_equal(steps[True][n]["s"], steps[False][n]["s"]) for n in convolutions if "s" in
+               steps[True][n])
+    for run in runs.values():
+        assert run.summary.estimated_file_bytes <= run.summary.original_bytes / 10.0
