@@ -87,3 +87,14 @@ def test_a_single_batch_gives_no_second_fold_and_no_gain():
     assert measure_gains(rounder) == {}
     rounder.drop_folds()
     assert rounder.folds is None and measure_gains(rounder) == {}
+
+
+def test_a_gain_beyond_the_high_rate_range_is_floored():
+    """Inputs in a 4-dimensional subspace: GPTQ pushes nearly all the error where no input goes, but a step made
+    √(1/r) coarser on that account would leave the range where r was measured — the gain stops at ⅕."""
+    torch.manual_seed(0)
+    basis = torch.randn(4, 32)
+    w = torch.randn(16, 32)
+    transform = make_transform("linear", w, bits=3.0)
+    folds = tuple(_hessian(torch.randn(2048, 4) @ basis) for _ in range(2))
+    assert held_out_gain(w, transform, folds, 0.001) == pytest.approx(0.2)
