@@ -49,7 +49,7 @@ class CompressionConfig:
     such files are format version 2 (off: version 1, which older readers take).
     ``gptq_gain_allocation`` (on): before GPTQ's landing, each layer's step is scaled by r^−½, r the share of
     the output error that GPTQ leaves on samples it was not fitted to (`recon/gptq_gain.py`; two folds of the
-    Hessian samples): coarser steps where the compensation is strong, finer where it is not.
+    Hessian samples; r floored at ⅕): coarser steps where the compensation is strong, finer where it is not.
     ``block_iters`` > 0 reconstructs the codes block by block after the rounding (`recon/blockwise.py`):
     that many steps per block at ``block_lr`` (in levels per step, cosine-decayed) against the block's
     teacher output, on QDrop's input mix (``block_input_mix``: each input element the teacher's with this
