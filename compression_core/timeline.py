@@ -182,7 +182,7 @@ def revise(timeline: Timeline) -> None:
         hessians=plan["gptq_samples"] * hessian_sample,
         # Two plain roundings of the network, one a fold (`gptq_gain.py`), in the torch column loop: about six
         # of the compiled trellis roundings the estimate times (EfficientNet-Lite0: 4.8–6.3 s against 0.9 s).
-        gains=6.0 * rounding if plan.get("gptq_gains") else 0.0,
+        gains=6.0 * rounding if plan["gptq_gains"] else 0.0,
         land_gptq=gptq_landing,
         # Timed on a probe batch (`asymmetric.plan_stage`); until then every layer's two passes are
         # guessed at half the network each, and H̃ and X·X̃ᵀ at two Hessian passes' products. The layers are

@@ -46,7 +46,7 @@ def held_out_gain(
     """The share of rounding-to-nearest's output error left by GPTQ fitted on one fold and scored on the
     other (both ways), on the grid ``transform`` defines now."""
     quantize = column_quantizer(transform)
-    nearest = transform.inverse(torch.round(transform.codes(weight)), weight) - weight
+    nearest = quantize(weight) - weight  # without a rate weight the quantizer rounds to nearest
     fitted = [gptq_round(weight, h, quantize, damping) - weight for h in folds]
     left = output_error(fitted[0], folds[1]) + output_error(fitted[1], folds[0])
     before = output_error(nearest, folds[0]) + output_error(nearest, folds[1])
