@@ -158,7 +158,8 @@ def revise(timeline: Timeline) -> None:
     forward), ``hessian_sample`` (seconds per sample of GPTQ's input statistics), ``asymmetric_sample`` (seconds
     per sample of the asymmetric stage's passes and products), ``build`` (seconds per ratio-controller build),
     ``builds`` (builds per landing), ``decode`` (seconds to decode a file's weights), ``round`` (seconds per GPTQ
-    rounding of the network), ``iteration`` (one timed schedule step, `schedule.seconds_per_iteration`; guessed
+    rounding of the network), ``plain_round`` (one without rate term or trellis, as the gains stage rounds),
+    ``iteration`` (one timed schedule step, `schedule.seconds_per_iteration`; guessed
     from ``sample`` until then); once the schedule runs, its own pace takes over (`Timeline.fraction`)."""
     plan = timeline.plan
     sample = timeline.unit("sample", 0.0)
@@ -180,9 +181,8 @@ def revise(timeline: Timeline) -> None:
     timeline.estimate(
         land_start=builds * build,
         hessians=plan["gptq_samples"] * hessian_sample,
-        # Two plain roundings of the network, one a fold (`gptq_gain.py`), in the torch column loop: about six
-        # of the compiled trellis roundings the estimate times (EfficientNet-Lite0: 4.8–6.3 s against 0.9 s).
-        gains=6.0 * rounding if plan["gptq_gains"] else 0.0,
+        # Two plain roundings of the network, one a fold (`gptq_gain.py`); its own pace takes over layer by layer.
+        gains=2.0 * timeline.unit("plain_round", 3.0 * rounding) if plan["gptq_gains"] else 0.0,
         land_gptq=gptq_landing,
         # Timed on a probe batch (`asymmetric.plan_stage`); until then every layer's two passes are
         # guessed at half the network each, and H̃ and X·X̃ᵀ at two Hessian passes' products. The layers are

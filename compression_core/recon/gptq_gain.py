@@ -14,6 +14,7 @@ other's, both ways, against rounding to nearest on the same grid.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -66,14 +67,21 @@ def rebalance_steps(transforms: dict[str, Transform], numels: dict[str, int], ga
         transform.rescale(logs[name] - mean)
 
 
-def measure_gains(rounder: GptqRounder) -> dict[str, float]:
-    """`held_out_gain` of every layer the rounder holds both folds for, at its transform's current grid."""
+def measure_gains(rounder: GptqRounder, progress: Callable[[float], None] | None = None) -> dict[str, float]:
+    """`held_out_gain` of every layer the rounder holds both folds for, at its transform's current grid;
+    ``progress`` hears the share done after each layer, counted in columns (what a rounding's time follows)."""
     if rounder.folds is None:
         return {}
     first, second = rounder.folds
-    return {
-        name: held_out_gain(rounder.originals[name], rounder.targets[name][1], (first[name], second[name]),
-                            rounder.damping)
-        for name in rounder.hessians
-        if name in first and name in second
-    }
+    names = [name for name in rounder.hessians if name in first and name in second]
+    columns = [first[name].shape[-1] for name in names]
+    total, done = max(1, sum(columns)), 0
+    gains = {}
+    for name, width in zip(names, columns, strict=True):
+        gains[name] = held_out_gain(
+            rounder.originals[name], rounder.targets[name][1], (first[name], second[name]), rounder.damping
+        )
+        done += width
+        if progress is not None:
+            progress(done / total)
+    return gains

@@ -97,11 +97,14 @@ def test_block_wise_reconstruction_is_planned_between_the_rounding_and_the_sched
     assert timeline.expected["blocks"] == pytest.approx(50 * 3 * 8 * 0.01 + 20 * 200 * 0.01)
 
 
-def test_the_gain_measurement_is_planned_between_the_hessians_and_the_landing_and_priced_in_roundings():
+def test_the_gain_measurement_is_planned_between_the_hessians_and_the_landing_and_priced_in_plain_roundings():
     timeline = _plan(gptq_gains=True)
     assert timeline.order[:5] == ["probe", "land_start", "hessians", "gains", "land_gptq"]
     timeline.begin("probe")
     timeline.measure("round", 1.5)
     revise(timeline)
-    assert timeline.expected["gains"] == pytest.approx(6 * 1.5)
+    assert timeline.expected["gains"] == pytest.approx(2 * 3 * 1.5)  # guessed from the landing's rounding
+    timeline.measure("plain_round", 2.5)
+    revise(timeline)
+    assert timeline.expected["gains"] == pytest.approx(2 * 2.5)  # two plain roundings, one per fold
     assert "gains" not in _plan().order
