@@ -56,7 +56,7 @@ from compression_core.recon.state import QuantizedState
 from compression_core.records import ArtifactContents, CodedTensor
 from compression_core.report import RunSummary, file_metadata, layer_report, original_bytes
 from compression_core.result import CompressionResult
-from compression_core.timeline import plan_compression, revise
+from compression_core.timeline import Timeline, plan_compression, revise
 from compression_core.token_mask import token_mask
 from compression_core.transforms import plan_tensor
 from compression_core.transforms.levels import decode_symbols
@@ -351,7 +351,7 @@ def compress(
         if config.gptq_gain_allocation:
             timeline.begin("gains")
             reporter.emit("gptq", 0, timeline.fraction(), message="measuring GPTQ's held-out gain per layer")
-            gptq_gains = measure_gains(rounder, lambda done: reporter.emit("gptq", 0, timeline.fraction(done)))
+            gptq_gains = measure_gains(rounder, lambda: _gains_heartbeat(reporter, timeline))
             rounder.drop_folds()
             rebalance_steps(
                 {n: t for n, _, t in state.items()},
@@ -565,6 +565,13 @@ def _seconds_per_sample(model, inputs: Inputs, config: CompressionConfig, device
             call_model(model, batch)
             timings.append(time.monotonic() - t0)
     return statistics.median(timings) / max(1, num_samples(batch))
+
+
+def _gains_heartbeat(reporter: Reporter, timeline: Timeline) -> None:
+    """Between two layers' gain measurements: cancellation honoured, progress told from the stage's estimate
+    (a pace from the first layers would run fast: the later layers are the wide ones)."""
+    reporter.check_cancel()
+    reporter.emit("gptq", 0, timeline.fraction())
 
 
 def _time_roundings(timeline, model, state: QuantizedState, config: CompressionConfig) -> None:

@@ -67,21 +67,18 @@ def rebalance_steps(transforms: dict[str, Transform], numels: dict[str, int], ga
         transform.rescale(logs[name] - mean)
 
 
-def measure_gains(rounder: GptqRounder, progress: Callable[[float], None] | None = None) -> dict[str, float]:
+def measure_gains(rounder: GptqRounder, after_layer: Callable[[], None] | None = None) -> dict[str, float]:
     """`held_out_gain` of every layer the rounder holds both folds for, at its transform's current grid;
-    ``progress`` hears the share done after each layer, counted in columns (what a rounding's time follows)."""
+    ``after_layer`` is called after each (progress events, cancellation)."""
     if rounder.folds is None:
         return {}
     first, second = rounder.folds
-    names = [name for name in rounder.hessians if name in first and name in second]
-    columns = [first[name].shape[-1] for name in names]
-    total, done = max(1, sum(columns)), 0
     gains = {}
-    for name, width in zip(names, columns, strict=True):
-        gains[name] = held_out_gain(
-            rounder.originals[name], rounder.targets[name][1], (first[name], second[name]), rounder.damping
-        )
-        done += width
-        if progress is not None:
-            progress(done / total)
+    for name in rounder.hessians:
+        if name in first and name in second:
+            gains[name] = held_out_gain(
+                rounder.originals[name], rounder.targets[name][1], (first[name], second[name]), rounder.damping
+            )
+            if after_layer is not None:
+                after_layer()
     return gains

@@ -31,6 +31,15 @@ def test_linear_extrapolation_of_the_fraction_is_the_estimated_remaining_time():
     assert eta(10.0, timeline.fraction(0.25)) == pytest.approx(15.0)
 
 
+def test_a_stage_pace_takes_over_from_its_estimate_as_it_accumulates():
+    clock = Clock()
+    timeline = Timeline({"a": 20.0}, clock)
+    timeline.begin("a")
+    timeline.fraction(0.1)  # first report at t = 0
+    clock.now = 3.0  # 0.05 more in 3 s: the pace says 51 s more, the estimate 17 s; half of each
+    assert eta(3.0, timeline.fraction(0.15)) == pytest.approx(0.5 * 51.0 + 0.5 * 17.0)
+
+
 def test_estimates_change_only_the_current_and_later_stages():
     clock = Clock()
     timeline = Timeline({"a": 10.0, "b": 10.0, "c": 10.0}, clock)
@@ -103,8 +112,8 @@ def test_the_gain_measurement_is_planned_between_the_hessians_and_the_landing_an
     timeline.begin("probe")
     timeline.measure("round", 1.5)
     revise(timeline)
-    assert timeline.expected["gains"] == pytest.approx(2 * 3 * 1.5)  # guessed from the landing's rounding
-    timeline.measure("plain_round", 2.5)
+    assert timeline.expected["gains"] == pytest.approx(2.5 * 3 * 1.5)  # guessed from the landing's rounding
+    timeline.measure("plain_round", 2.0)
     revise(timeline)
-    assert timeline.expected["gains"] == pytest.approx(2 * 2.5)  # two plain roundings, one per fold
+    assert timeline.expected["gains"] == pytest.approx(2.5 * 2.0)  # two plain roundings and the scoring
     assert "gains" not in _plan().order
