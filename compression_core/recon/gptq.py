@@ -34,55 +34,34 @@ log = logging.getLogger(__name__)
 # rounding 0.0156); over the whole network 0.1 lowered KL 0.0575 → 0.0542 (bench/results/ablation.md).
 DEFAULT_DAMPING = 0.1
 _BLOCK = 128
-# A depthwise layer's H is 9×9 a channel, and a map of 56×56 gives it 3,136 columns a sample: building them
-# (nine shifted copies of the input) took 2.3 of the 5.3 s a 32-sample Hessian pass costs EfficientNet-Lite0 on
-# 2 cores. Every other row and column of such maps estimates the same H: `fast` over four seeds, KL −1 ± 4 % at
-# 6× and −4 ± 6 % at 8×, 16 % less time a compression (docs/method.md).
-_THIN_FROM_POSITIONS = 56 * 56
 
 
 def grouped_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The layer's input as (groups, K, positions): the columns that multiply the weight's K inputs."""
     if isinstance(module, nn.Linear):
         return x.reshape(-1, x.shape[-1]).t().unsqueeze(0)
-    if _is_depthwise(module):
+    if isinstance(module, nn.Conv2d) and module.groups == module.in_channels:
         return _depthwise_columns(module, x)
     return _unfolded_columns(module, x)
 
 
-def hessian_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`grouped_columns` for a layer's input statistics: a depthwise layer on a map of `_THIN_FROM_POSITIONS`
-    or more contributes every other output row and column."""
-    if _is_depthwise(module):
-        return _depthwise_columns(module, x, thin_from=_THIN_FROM_POSITIONS)
-    return grouped_columns(module, x)
-
-
-def _is_depthwise(module: nn.Module) -> bool:
-    return isinstance(module, nn.Conv2d) and module.groups == module.in_channels
-
-
-def _depthwise_columns(module: nn.Conv2d, x: torch.Tensor, thin_from: float = math.inf) -> torch.Tensor:
+def _depthwise_columns(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """`grouped_columns` of a convolution with one input channel a group, built from the kernel's shifted
     views in one copy: the same values in the same order as `_unfolded_columns`, whose im2col and regrouping
-    copy took two thirds of EfficientNet-Lite0's Hessian pass (10.7 of 16 s) for its depthwise layers. On an
-    output map of ``thin_from`` positions or more, every other row and column only."""
+    copy took two thirds of EfficientNet-Lite0's Hessian pass (10.7 of 16 s) for its depthwise layers."""
     (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
     ph, pw = module.padding if isinstance(module.padding, tuple) else (0, 0)
     x = F.pad(x, (pw, pw, ph, ph))
     n, channels, height, width = x.shape
     out_h = (height - dh * (kh - 1) - 1) // sh + 1
     out_w = (width - dw * (kw - 1) - 1) // sw + 1
-    every = 2 if out_h * out_w >= thin_from else 1
-    rows, cols = -(-out_h // every), -(-out_w // every)
-    step_h, step_w = sh * every, sw * every
-    span_h, span_w = step_h * (rows - 1) + 1, step_w * (cols - 1) + 1
+    span_h, span_w = sh * (out_h - 1) + 1, sw * (out_w - 1) + 1
     views = [
-        x[:, :, i * dh : i * dh + span_h : step_h, j * dw : j * dw + span_w : step_w].transpose(0, 1)
+        x[:, :, i * dh : i * dh + span_h : sh, j * dw : j * dw + span_w : sw].transpose(0, 1)
         for i in range(kh)
         for j in range(kw)
     ]
-    return torch.stack(views, dim=1).reshape(channels, kh * kw, n * rows * cols)
+    return torch.stack(views, dim=1).reshape(channels, kh * kw, n * out_h * out_w)
 
 
 def _unfolded_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -141,7 +120,7 @@ def fold_hessians(
 
     def hook(name):
         def record(module, args, _out):
-            cols = hessian_columns(module, args[0].detach().float())
+            cols = grouped_columns(module, args[0].detach().float())
             h = torch.bmm(cols, cols.transpose(1, 2))
             into = sums[fold[0]]
             into[name] = into[name] + h if name in into else h

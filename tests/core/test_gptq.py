@@ -11,7 +11,6 @@ from compression_core.recon.gptq import (
     estimate_rounding_seconds,
     gptq_round,
     grouped_columns,
-    hessian_columns,
 )
 from compression_core.transforms import make_transform
 
@@ -130,18 +129,3 @@ def test_depthwise_columns_equal_the_im2col_ones(conv):
     Hessians and every file written stay bit for bit what they were."""
     x = torch.randn(3, conv.in_channels, 11, 13)
     assert torch.equal(grouped_columns(conv, x), _unfolded_columns(conv, x))
-
-
-@pytest.mark.parametrize("stride", [1, 2])
-def test_the_hessian_of_a_depthwise_layer_on_a_large_map_takes_every_other_row_and_column(stride):
-    """56×56 output positions or more: the input statistics come from the positions of even row and column,
-    the very columns the full set holds there; smaller maps and other layers keep every column."""
-    conv = nn.Conv2d(4, 4, 3, stride=stride, padding=1, groups=4)
-    size = 57 * stride  # a 57×57 output map: 29 × 29 positions kept, the last row and column included
-    x = torch.randn(2, 4, size, size)
-    full = grouped_columns(conv, x).reshape(4, 9, 2, 57, 57)
-    assert torch.equal(hessian_columns(conv, x), full[:, :, :, ::2, ::2].reshape(4, 9, 2 * 29 * 29))
-    small = torch.randn(2, 4, 55 * stride, 55 * stride)
-    assert torch.equal(hessian_columns(conv, small), grouped_columns(conv, small))
-    pointwise = nn.Conv2d(4, 8, 1)
-    assert torch.equal(hessian_columns(pointwise, x), grouped_columns(pointwise, x))
