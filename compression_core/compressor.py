@@ -58,7 +58,7 @@ from compression_core.report import RunSummary, file_metadata, layer_report, ori
 from compression_core.result import CompressionResult
 from compression_core.timeline import Timeline, plan_compression, revise
 from compression_core.token_mask import token_mask
-from compression_core.transforms import plan_tensor
+from compression_core.transforms import Transform, plan_tensor
 from compression_core.transforms.levels import decode_symbols
 
 log = logging.getLogger(__name__)
@@ -257,8 +257,10 @@ def compress(
     revise(timeline)
     state = QuantizedState({k: work_sd[k] for k in original_sd}, plans, config, start_bits, start_steps)
     state = state.to(device)
-    if config.rounding == "gptq" and state.names:
-        _time_roundings(timeline, work, state, config)
+    # What GPTQ rounds (the state's own tensors and transforms): timed now, rounded after the start's landing.
+    gptq_targets = {n: (w, t) for n, w, t in state.items()} if config.rounding == "gptq" else {}
+    if gptq_targets:
+        _time_roundings(timeline, work, gptq_targets, config)
         revise(timeline)
     if iterations:
         timeline.measure("iteration", seconds_per_iteration(work, state, train_inputs, config, device))
@@ -332,12 +334,12 @@ def compress(
     candidates = {"start": land("land_start", "finalize")}
     rounder = None
     gptq_gains: dict[str, float] = {}
-    if config.rounding == "gptq" and state.names:
+    if gptq_targets:
         timeline.begin("hessians")
         reporter.emit("gptq", 0, timeline.fraction(), message="measuring every linear/conv layer's input Hessian")
         rounder = GptqRounder(
             work,
-            {n: (w, t) for n, w, t in state.items()},
+            gptq_targets,
             optimize_inputs,
             config.batch_size,
             device,
@@ -574,12 +576,13 @@ def _gains_heartbeat(reporter: Reporter, timeline: Timeline) -> None:
     reporter.emit("gptq", 0, timeline.fraction())
 
 
-def _time_roundings(timeline, model, state: QuantizedState, config: CompressionConfig) -> None:
+def _time_roundings(
+    timeline: Timeline, model, targets: dict[str, tuple[torch.Tensor, Transform]], config: CompressionConfig
+) -> None:
     """Time one GPTQ rounding of the network as the landing does it (``round``) and, with the gain allocation,
     one plain rounding (``plain_round``: each layer's gain costs two), before the first progress event. Priced
     from guesses until the Hessian pass, the landing was 10× low, the gains stage 1.6× high, and the first
     events' ETA 17–33 % short of the real remaining time (EfficientNet-Lite0, `bench/results/eta.md`)."""
-    targets = {n: (w, t) for n, w, t in state.items()}
     timeline.measure(
         "round",
         estimate_rounding_seconds(
