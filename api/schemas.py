@@ -85,6 +85,12 @@ class CompressionOptions(_Strict):
         description="scale each layer's step by how much of its rounding error GPTQ removes on samples it was not "
         "fitted to (coarser where the compensation is strong)",
     )
+    gptq_layer_dampings: list[Annotated[float, Field(gt=0, le=10_000)]] | None = Field(
+        None,
+        max_length=8,
+        description="further GPTQ dampings each layer tries in the gain measurement, keeping the one that leaves "
+        "the least error on samples it was not fitted to; [] = every layer at gptq_damping",
+    )
     sensitivity_batches: int | None = Field(None, ge=1, le=10_000, description="probe batches of the allocation")
     sensitivity_exponent: float | None = Field(
         None, ge=0, le=1, description="steps ∝ sensitivity^−exponent in the allocation; 0 = one step for all"

@@ -197,6 +197,7 @@ def compress(
         iterations=iterations,
         gptq=config.rounding == "gptq",
         gptq_gains=config.rounding == "gptq" and config.gptq_gain_allocation,
+        gptq_dampings=1 + len(set(config.gptq_layer_dampings) - {config.gptq_damping}),
         batch_size=config.batch_size,
         gptq_samples=min(config.gptq_samples, optimize_idx.numel()),
         selection_samples=select_idx.numel(),
@@ -353,7 +354,9 @@ def compress(
         if config.gptq_gain_allocation:
             timeline.begin("gains")
             reporter.emit("gptq", 0, timeline.fraction(), message="measuring GPTQ's held-out gain per layer")
-            gptq_gains = measure_gains(rounder, lambda: _gains_heartbeat(reporter, timeline))
+            gptq_gains = measure_gains(
+                rounder, config.gptq_layer_dampings, lambda: _gains_heartbeat(reporter, timeline)
+            )
             rounder.drop_folds()
             rebalance_steps(
                 {n: t for n, _, t in state.items()},
@@ -470,6 +473,8 @@ def compress(
         evaluation["asymmetric"] = asymmetric_note
     if gptq_gains:
         evaluation["gptq_gains"] = {name: round(gain, 4) for name, gain in gptq_gains.items()}
+        # Only the layers whose held-out error chose another damping than gptq_damping.
+        evaluation["gptq_layer_dampings"] = dict(rounder.layer_dampings)
     timeline.finish()
     evaluation["stages"] = timeline.report()
 

@@ -50,6 +50,9 @@ class CompressionConfig:
     ``gptq_gain_allocation`` (on): before GPTQ's landing, each layer's step is scaled by r^−½, r the share of
     the output error that GPTQ leaves on samples it was not fitted to (`recon/gptq_gain.py`; two folds of the
     Hessian samples; r floored at ⅕): coarser steps where the compensation is strong, finer where it is not.
+    ``gptq_layer_dampings``: further dampings each layer tries in that measurement beside ``gptq_damping``; a
+    layer keeps the one that leaves the least error on the fold it was not fitted to, for every later
+    rounding (() keeps every layer at ``gptq_damping``; without the gain allocation nothing is measured).
     ``block_iters`` > 0 reconstructs the codes block by block after the rounding (`recon/blockwise.py`):
     that many steps per block at ``block_lr`` (in levels per step, cosine-decayed) against the block's
     teacher output, on QDrop's input mix (``block_input_mix``: each input element the teacher's with this
@@ -95,6 +98,7 @@ class CompressionConfig:
     gptq_asymmetric_strength: float = 1.0
     gptq_trellis: bool = True
     gptq_gain_allocation: bool = True
+    gptq_layer_dampings: tuple[float, ...] = (1.0,)
     block_iters: int = 0
     block_lr: float = 0.01
     block_input_mix: float = 0.5
@@ -142,6 +146,13 @@ class CompressionConfig:
         need(self.rounding in ROUNDINGS, "rounding", f"one of {ROUNDINGS}")
         need(self.gptq_samples >= 1, "gptq_samples", "must be ≥ 1")
         need(self.gptq_damping > 0, "gptq_damping", "must be > 0")
+        need(
+            isinstance(self.gptq_layer_dampings, tuple)
+            and all(isinstance(d, int | float) and not isinstance(d, bool) and 0 < d <= 1e4
+                    for d in self.gptq_layer_dampings),
+            "gptq_layer_dampings",
+            "a list of dampings in (0, 10000], e.g. [1.0]; empty keeps every layer at gptq_damping",
+        )
         need(0 <= self.gptq_rate_weight <= 100, "gptq_rate_weight", "must be between 0 and 100")
         need(0 < self.gptq_asymmetric_strength <= 1, "gptq_asymmetric_strength", "must be in (0, 1]")
         need(self.block_iters >= 0, "block_iters", "must be ≥ 0 (0: no block-wise reconstruction)")
@@ -189,6 +200,11 @@ class CompressionConfig:
         for key in ("feature_modules", "block_modules"):
             if key in fixed:
                 fixed[key] = (fixed[key],) if isinstance(fixed[key], str) else tuple(fixed[key])
+        if "gptq_layer_dampings" in fixed:
+            dampings = fixed["gptq_layer_dampings"]
+            fixed["gptq_layer_dampings"] = (
+                (dampings,) if isinstance(dampings, int | float) and not isinstance(dampings, bool) else tuple(dampings)
+            )
         if "output_keys" in fixed:
             keys = fixed["output_keys"]
             fixed["output_keys"] = (keys,) if isinstance(keys, str) else tuple(keys)

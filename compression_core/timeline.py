@@ -116,6 +116,7 @@ def plan_compression(
     gptq: bool,
     batch_size: int,
     gptq_gains: bool = False,
+    gptq_dampings: int = 1,
     gptq_samples: int,
     selection_samples: int,
     candidates: int,
@@ -150,6 +151,7 @@ def plan_compression(
         "holdout_samples": holdout_samples,
         "gptq": gptq,
         "gptq_gains": gptq_gains,
+        "gptq_dampings": gptq_dampings,
         "asymmetric_layers": asymmetric_layers,
         "block_iters": block_iters,
         "blocks": blocks,
@@ -186,9 +188,11 @@ def revise(timeline: Timeline) -> None:
     timeline.estimate(
         land_start=builds * build,
         hessians=plan["gptq_samples"] * hessian_sample,
-        # Two plain roundings of the network, one a fold, with rounding to nearest and four output errors in
-        # float64 beside them (`gptq_gain.py`): 2.3–2.6 timed plain roundings on EfficientNet-Lite0.
-        gains=2.5 * timeline.unit("plain_round", 3.0 * rounding) if plan["gptq_gains"] else 0.0,
+        # Per damping tried, two plain roundings of the network, one a fold, with rounding to nearest and four
+        # output errors in float64 beside them (`gptq_gain.py`): 2.3–2.6 timed plain roundings on
+        # EfficientNet-Lite0 with one damping.
+        gains=(2.0 * plan["gptq_dampings"] + 0.5) * timeline.unit("plain_round", 3.0 * rounding)
+        if plan["gptq_gains"] else 0.0,
         land_gptq=gptq_landing,
         # Timed on a probe batch (`asymmetric.plan_stage`); until then every layer's two passes are
         # guessed at half the network each, and H̃ and X·X̃ᵀ at two Hessian passes' products. The layers are

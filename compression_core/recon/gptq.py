@@ -358,6 +358,8 @@ class GptqRounder:
         folds: bool = False,
     ) -> None:
         self.damping = damping
+        # A layer's own damping where the held-out folds chose one (`gptq_gain.measure_gains`), else ``damping``.
+        self.layer_dampings: dict[str, float] = {}
         self.rate_weight = rate_weight
         self.trellis = trellis
         layers = gptq_layers(model, targets)
@@ -388,4 +390,5 @@ class GptqRounder:
 
     def rounded(self, name: str) -> torch.Tensor:
         transform, hessian = self.targets[name][1], self.hessians[name]
-        return round_layer(self.originals[name], transform, hessian, self.damping, self.rate_weight, self.trellis)
+        damping = self.layer_dampings.get(name, self.damping)
+        return round_layer(self.originals[name], transform, hessian, damping, self.rate_weight, self.trellis)

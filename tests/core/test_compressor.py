@@ -335,6 +335,9 @@ def test_gptq_gain_allocation_reports_each_layers_gain_and_changes_the_steps(dig
     assert min(gains.values()) < 0.9  # digits' correlated pixels: compensation pays somewhere
     assert "gains" in runs[True].evaluation["stages"]
     assert "gptq_gains" not in runs[False].evaluation and "gains" not in runs[False].evaluation["stages"]
+    # the layers whose folds chose another damping than gptq_damping, each from the preset's choices
+    assert set(runs[True].evaluation["gptq_layer_dampings"]) <= set(convolutions)
+    assert set(runs[True].evaluation["gptq_layer_dampings"].values()) <= {1.0}
     steps = {on: {r.name: r.params for r in run.contents.records if isinstance(r, CodedTensor)} for on, run in
              runs.items()}
     assert any(not np.array_equal(steps[True][n]["s"], steps[False][n]["s"]) for n in convolutions if "s" in

@@ -6,7 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from compression_core.recon.gptq import GptqRounder, fold_hessians, gptq_layers, layer_hessians
+from compression_core.config import CompressionConfig, ConfigError
+from compression_core.recon.gptq import (
+    GptqRounder,
+    column_quantizer,
+    fold_hessians,
+    gptq_layers,
+    gptq_round,
+    layer_hessians,
+)
 from compression_core.recon.gptq_gain import held_out_gain, measure_gains, output_error, rebalance_steps
 from compression_core.transforms import make_transform
 
@@ -22,7 +30,7 @@ def test_uncorrelated_inputs_leave_nothing_for_compensation():
     scales = torch.rand(24) + 0.5
     h = torch.diag(scales).unsqueeze(0)
     transform = make_transform("linear", w, bits=3.0)
-    assert held_out_gain(w, transform, (h, 2.0 * h), 0.1) == pytest.approx(1.0)
+    assert held_out_gain(w, transform, (h, 2.0 * h), [0.1])[0] == pytest.approx(1.0)
 
 
 def test_correlated_inputs_are_compensated_and_the_gain_is_scored_out_of_sample():
@@ -32,12 +40,12 @@ def test_correlated_inputs_are_compensated_and_the_gain_is_scored_out_of_sample(
     transform = make_transform("linear", w, bits=3.0)
     # Plenty of samples: what one fold's H compensates transfers to the other's.
     first, second = (_hessian(torch.randn(4096, 32) @ mixing) for _ in range(2))
-    assert held_out_gain(w, transform, (first, second), 0.01) < 0.5
+    assert held_out_gain(w, transform, (first, second), [0.01])[0] < 0.5
     # 24 samples of 32 inputs: fitted and scored on the same fold the error nearly vanishes, on the other it does
     # not — the in-sample figure is the optimistic one the allocation must not use.
     few_first, few_second = (_hessian(torch.randn(24, 32) @ mixing) for _ in range(2))
-    in_sample = held_out_gain(w, transform, (few_first, few_first), 0.01)
-    held_out = held_out_gain(w, transform, (few_first, few_second), 0.01)
+    in_sample, _ = held_out_gain(w, transform, (few_first, few_first), [0.01])
+    held_out, _ = held_out_gain(w, transform, (few_first, few_second), [0.01])
     assert held_out > 2.0 * in_sample
 
 
@@ -86,7 +94,7 @@ def test_the_measurement_calls_back_after_every_layer():
     }
     rounder = GptqRounder(model, targets, torch.randn(64, 24), 16, torch.device("cpu"), folds=True)
     measured: list[int] = []
-    gains = measure_gains(rounder, lambda: measured.append(len(measured)))
+    gains = measure_gains(rounder, after_layer=lambda: measured.append(len(measured)))
     assert sorted(gains) == ["0.weight", "2.weight"] and len(measured) == 2
 
 
@@ -110,4 +118,51 @@ def test_a_gain_beyond_the_high_rate_range_is_floored():
     w = torch.randn(16, 32)
     transform = make_transform("linear", w, bits=3.0)
     folds = tuple(_hessian(torch.randn(2048, 4) @ basis) for _ in range(2))
-    assert held_out_gain(w, transform, folds, 0.001) == pytest.approx(0.2)
+    assert held_out_gain(w, transform, folds, [0.001])[0] == pytest.approx(0.2)
+
+
+def test_each_layer_keeps_the_damping_that_leaves_the_least_error_out_of_sample():
+    """Few samples of many inputs: GPTQ at a small damping fits one fold's accidental correlations and the other
+    fold pays for it; a larger damping trusts them less. With plenty of samples the small one is right."""
+    torch.manual_seed(0)
+    mixing = torch.randn(48, 48)
+    w = torch.randn(16, 48)
+    transform = make_transform("linear", w, bits=3.0)
+    few = tuple(_hessian(torch.randn(20, 48) @ mixing) for _ in range(2))
+    plenty = tuple(_hessian(torch.randn(4096, 48) @ mixing) for _ in range(2))
+    for folds, expected in ((few, 1.0), (plenty, 0.001)):
+        gain, damping = held_out_gain(w, transform, folds, [0.001, 1.0])
+        assert damping == expected
+        # the gain is the chosen damping's, i.e. the smaller of the two
+        assert gain == pytest.approx(min(held_out_gain(w, transform, folds, [d])[0] for d in (0.001, 1.0)))
+
+
+def test_the_rounder_rounds_each_layer_at_the_damping_its_folds_chose():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 4))
+    targets = {
+        name: (w, make_transform("linear", w, bits=3.0))
+        for name, w in ((n, model.get_parameter(n).detach().clone()) for n in ("0.weight", "2.weight"))
+    }
+    rounder = GptqRounder(model, targets, torch.randn(40, 48), 10, torch.device("cpu"), damping=0.001, folds=True)
+    first, second = rounder.folds
+    gains = measure_gains(rounder, [1.0, 0.001])
+    for name in gains:
+        folds = (first[name], second[name])
+        _, expected = held_out_gain(rounder.originals[name], targets[name][1], folds, [0.001, 1.0])
+        assert rounder.layer_dampings.get(name, 0.001) == expected
+    # 20 samples a fold for 48 inputs: the first layer trusts its calibration correlations less
+    assert rounder.layer_dampings["0.weight"] == 1.0
+    original, hessian = rounder.originals["0.weight"], rounder.hessians["0.weight"]
+    quantize = column_quantizer(targets["0.weight"][1])
+    torch.testing.assert_close(rounder.rounded("0.weight"), gptq_round(original, hessian, quantize, 1.0))
+    assert not torch.equal(rounder.rounded("0.weight"), gptq_round(original, hessian, quantize, 0.001))
+
+
+def test_layer_dampings_are_read_from_lists_and_checked():
+    assert CompressionConfig.from_dict({"gptq_layer_dampings": [1, 3.0]}).gptq_layer_dampings == (1, 3.0)
+    assert CompressionConfig.from_dict({"gptq_layer_dampings": 1.0}).gptq_layer_dampings == (1.0,)
+    assert CompressionConfig.from_dict({"gptq_layer_dampings": []}).gptq_layer_dampings == ()
+    for bad in ([0.0], [-1.0], ["1"], [True]):
+        with pytest.raises(ConfigError, match="gptq_layer_dampings"):
+            CompressionConfig.from_dict({"gptq_layer_dampings": bad})
