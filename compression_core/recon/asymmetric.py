@@ -96,7 +96,10 @@ def retarget(
         nonlocal done_work
         name = unit.coded[0]
         original = rounder.originals[name]
-        target = asymmetric_target(original, hessian, cross, CORRECTION_DAMPING, strength)
+        # A layer whose held-out folds chose a heavier GPTQ damping trusts its calibration correlations less, and
+        # the correction leans on them harder than the rounding: its damping grows in proportion.
+        distrust = rounder.layer_dampings.get(name, rounder.damping) / rounder.damping
+        target = asymmetric_target(original, hessian, cross, CORRECTION_DAMPING * distrust, strength)
         rounder.originals[name], rounder.hessians[name] = target, hessian
         rounded = rounder.rounded(name)
         state.latents[index_of[name]].copy_(rounded)

@@ -10,6 +10,7 @@ from torch import nn
 from compression_core import compress
 from compression_core.config import CompressionConfig
 from compression_core.progress import CompressionCanceled
+from compression_core.recon import asymmetric
 from compression_core.recon.asymmetric import asymmetric_target, retarget
 from compression_core.recon.gptq import GptqRounder
 from compression_core.recon.state import QuantizedState
@@ -117,6 +118,28 @@ def test_weights_taken_after_the_stage_are_rounded_under_the_original_inputs():
     rounder.take_current_weights()
     assert all(torch.equal(rounder.hessians[name], plain[name]) for name in weights)
     assert all(torch.equal(rounder.originals[name], w) for name, w, _ in state.items() if name in weights)
+
+
+def test_a_layer_whose_folds_chose_a_heavier_damping_gets_a_heavier_correction(monkeypatch):
+    """The correction is a least-squares fit to the calibration samples: where the gains stage found a layer's
+    calibration correlations less trustworthy (a heavier GPTQ damping), its correction is damped in proportion."""
+    model = _network()
+    torch.manual_seed(1)
+    inputs = torch.randn(128, 3, 8, 8).cumsum(2).cumsum(3) / 8
+    state, weights, rounder = _gptq_rounded(model, inputs)
+    rounder.layer_dampings[weights[-1]] = 10.0 * rounder.damping
+    used = []
+    real = asymmetric.asymmetric_target
+
+    def recording(weight, hessian, cross, damping, strength=1.0):
+        used.append(damping)
+        return real(weight, hessian, cross, damping, strength)
+
+    monkeypatch.setattr(asymmetric, "asymmetric_target", recording)
+    retarget(model, state, rounder, inputs, 32, torch.device("cpu"), 256)
+    assert used == [pytest.approx(asymmetric.CORRECTION_DAMPING)] * (len(weights) - 1) + [
+        pytest.approx(10.0 * asymmetric.CORRECTION_DAMPING)
+    ]
 
 
 def test_compress_judges_the_asymmetric_rounding_beside_plain_gptq(digits):
