@@ -48,6 +48,8 @@ SCHEDULES = {
     "rounds=0": dict(rounds=0, rounding="nearest"),  # the start every preset must beat, as in run_all
     "1×(30+30)": dict(rounds=1, transform_iters=30, weight_iters=30),
     "fast": dict(PRESETS["fast"]),
+    # every layer at gptq_damping, as before the folds chose each layer's (docs/method.md)
+    "fast, one damping": dict(PRESETS["fast"], gptq_layer_dampings=()),
     "fast + asymmetric": dict(PRESETS["fast"], gptq_asymmetric=True),
     "balanced": dict(PRESETS["balanced"]),
 }

@@ -5,15 +5,17 @@ What each runs, and what it costs on EfficientNet-Lite0 (4.65 M weights) on 2 CP
 
 - ``fast``: per-tensor steps from the measured sensitivity (16 probe batches), rescaled by how much of each
   layer's error GPTQ removes on samples it was not fitted to (`gptq_gain_allocation`, every preset: KL −19 to
-  −30 % at 5–10× on EfficientNet-Lite0 over four seeds), GPTQ rounding under them (its
+  −30 % at 5–10× on EfficientNet-Lite0 over four seeds), each layer's GPTQ damping chosen on the same
+  folds (`gptq_layer_dampings`: 0.1 or 1; KL −12.6 ± 9.7 % at 8×, −7.8 ± 2 % at 6×), GPTQ rounding under them (its
   Hessians from up to 512 calibration samples: distinct samples pay, the ccexam MNIST CNN gained at 10–20×
   over 128) to trellis-coded levels (`gptq_trellis`, every preset: on EfficientNet-Lite0 over four seeds KL
   −14 / −9.5 / −24 % at 5 / 8 / 10× against scalar levels, for about twice the rounding time), no gradient
   phase, and after GPTQ no BatchNorm stage (`CompressionConfig.bn_recalibration`: a third of the preset's time
   for held-out changes within the noise).
 - ``balanced``: the same with asymmetric GPTQ after it (`gptq_asymmetric`, `recon/asymmetric.py`: every layer
-  rounded again against the original output given the compressed network's inputs, a candidate the selection
-  test must accept) and the BatchNorm stage. On all-MiniLM-L6-v2 it cut the held-out token error 12 % / 10 % at
+  rounded again against the original output given the compressed network's inputs, its correction damped
+  more where the folds chose a heavier GPTQ damping, a candidate the selection test must accept) and the
+  BatchNorm stage. On all-MiniLM-L6-v2 it cut the held-out token error 12 % / 10 % at
   8× / 10× beyond `fast` (`bench/results/text_presets.md`), on the digits CNN at 20× accuracy 0.990 → 0.994;
   on EfficientNet-Lite0, over eight seeds paired with `fast` on the same photos, the lower KL in 23 of 32 runs
   at 5–8× (−4 ± 2 %, agreement even) and in 7 of 8 at 10× (KL −13 ± 3 %, agreement +0.024 ± 0.013;
