@@ -23,6 +23,12 @@ def _hessian(x: torch.Tensor) -> torch.Tensor:
     return (x.t() @ x / x.shape[0]).unsqueeze(0)
 
 
+def _two_layer_targets(model: nn.Sequential) -> dict:
+    """GPTQ targets for the weights of layers 0 and 2, each on a 3-bit linear grid."""
+    weights = {name: model.get_parameter(name).detach().clone() for name in ("0.weight", "2.weight")}
+    return {name: (w, make_transform("linear", w, bits=3.0)) for name, w in weights.items()}
+
+
 def test_uncorrelated_inputs_leave_nothing_for_compensation():
     """With a diagonal H there is nothing to push an error onto: GPTQ is rounding to nearest, r = 1."""
     torch.manual_seed(0)
@@ -88,10 +94,7 @@ def test_folds_are_the_even_and_odd_batches_and_add_up_to_the_whole():
 def test_the_measurement_calls_back_after_every_layer():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(24, 8), nn.ReLU(), nn.Linear(8, 4))
-    targets = {
-        name: (w, make_transform("linear", w, bits=3.0))
-        for name, w in ((n, model.get_parameter(n).detach().clone()) for n in ("0.weight", "2.weight"))
-    }
+    targets = _two_layer_targets(model)
     rounder = GptqRounder(model, targets, torch.randn(64, 24), 16, torch.device("cpu"), folds=True)
     measured: list[int] = []
     gains = measure_gains(rounder, after_layer=lambda: measured.append(len(measured)))
@@ -140,10 +143,7 @@ def test_each_layer_keeps_the_damping_that_leaves_the_least_error_out_of_sample(
 def test_the_rounder_rounds_each_layer_at_the_damping_its_folds_chose():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 4))
-    targets = {
-        name: (w, make_transform("linear", w, bits=3.0))
-        for name, w in ((n, model.get_parameter(n).detach().clone()) for n in ("0.weight", "2.weight"))
-    }
+    targets = _two_layer_targets(model)
     rounder = GptqRounder(model, targets, torch.randn(40, 48), 10, torch.device("cpu"), damping=0.001, folds=True)
     first, second = rounder.folds
     gains = measure_gains(rounder, [1.0, 0.001])
