@@ -48,7 +48,7 @@ from compression_core.recon.budget import (
 )
 from compression_core.recon.finalize import build_contents, dtype_name, fit_target, replace_stored
 from compression_core.recon.gptq import GptqRounder, estimate_rounding_seconds, gptq_layers, layer_hessians
-from compression_core.recon.gptq_gain import measure_gains, rebalance_steps
+from compression_core.recon.gptq_gain import damping_choices, measure_gains, rebalance_steps
 from compression_core.recon.losses import distillation_distance, per_sample_distances
 from compression_core.recon.schedule import Reporter, run_schedule, seconds_per_iteration
 from compression_core.recon.sensitivity import weight_sensitivity
@@ -197,7 +197,7 @@ def compress(
         iterations=iterations,
         gptq=config.rounding == "gptq",
         gptq_gains=config.rounding == "gptq" and config.gptq_gain_allocation,
-        gptq_dampings=1 + len(set(config.gptq_layer_dampings) - {config.gptq_damping}),
+        gptq_dampings=len(damping_choices(config.gptq_damping, config.gptq_layer_dampings)),
         batch_size=config.batch_size,
         gptq_samples=min(config.gptq_samples, optimize_idx.numel()),
         selection_samples=select_idx.numel(),

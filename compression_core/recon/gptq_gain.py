@@ -80,6 +80,11 @@ def rebalance_steps(transforms: dict[str, Transform], numels: dict[str, int], ga
         transform.rescale(logs[name] - mean)
 
 
+def damping_choices(damping: float, further: Sequence[float]) -> list[float]:
+    """The dampings each layer tries, ``damping`` first (it wins ties), each once."""
+    return list(dict.fromkeys([damping, *further]))
+
+
 def measure_gains(
     rounder: GptqRounder, dampings: Sequence[float] = (), after_layer: Callable[[], None] | None = None
 ) -> dict[str, float]:
@@ -90,7 +95,7 @@ def measure_gains(
     if rounder.folds is None:
         return {}
     first, second = rounder.folds
-    choices = [rounder.damping, *(d for d in dampings if d != rounder.damping)]
+    choices = damping_choices(rounder.damping, dampings)
     gains = {}
     for name in rounder.hessians:
         if name in first and name in second:

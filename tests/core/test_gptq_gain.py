@@ -15,7 +15,13 @@ from compression_core.recon.gptq import (
     gptq_round,
     layer_hessians,
 )
-from compression_core.recon.gptq_gain import held_out_gain, measure_gains, output_error, rebalance_steps
+from compression_core.recon.gptq_gain import (
+    damping_choices,
+    held_out_gain,
+    measure_gains,
+    output_error,
+    rebalance_steps,
+)
 from compression_core.transforms import make_transform
 
 
@@ -166,3 +172,8 @@ def test_layer_dampings_are_read_from_lists_and_checked():
     for bad in ([0.0], [-1.0], ["1"], [True]):
         with pytest.raises(ConfigError, match="gptq_layer_dampings"):
             CompressionConfig.from_dict({"gptq_layer_dampings": bad})
+
+
+def test_each_damping_is_tried_once_the_base_first():
+    assert damping_choices(0.1, (1.0, 0.1, 1.0, 3.0)) == [0.1, 1.0, 3.0]
+    assert damping_choices(0.1, ()) == [0.1]
