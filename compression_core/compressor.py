@@ -56,7 +56,7 @@ from compression_core.recon.state import QuantizedState
 from compression_core.records import ArtifactContents, CodedTensor
 from compression_core.report import RunSummary, file_metadata, layer_report, original_bytes
 from compression_core.result import CompressionResult
-from compression_core.timeline import Timeline, plan_compression, revise
+from compression_core.timeline import Timeline, plan_compression, retime_roundings, revise
 from compression_core.token_mask import token_mask
 from compression_core.transforms import Transform, plan_tensor
 from compression_core.transforms.levels import decode_symbols
@@ -354,9 +354,11 @@ def compress(
         if config.gptq_gain_allocation:
             timeline.begin("gains")
             reporter.emit("gptq", 0, timeline.fraction(), message="measuring GPTQ's held-out gain per layer")
+            gains_started = time.monotonic()
             gptq_gains = measure_gains(
                 rounder, config.gptq_layer_dampings, lambda: _gains_heartbeat(reporter, timeline)
             )
+            retime_roundings(timeline, time.monotonic() - gains_started)
             rounder.drop_folds()
             rebalance_steps(
                 {n: t for n, _, t in state.items()},
@@ -575,8 +577,9 @@ def _seconds_per_sample(model, inputs: Inputs, config: CompressionConfig, device
 
 
 def _gains_heartbeat(reporter: Reporter, timeline: Timeline) -> None:
-    """Between two layers' gain measurements: cancellation honoured, progress told from the stage's estimate
-    (a pace from the first layers would run fast: the later layers are the wide ones)."""
+    """Between two layers' gain measurements: cancellation honoured, progress told from the stage's estimate.
+    Not from a pace: the layers' costs differ too much for one in columns (the fifty of EfficientNet-Lite0,
+    timed: a pace by columns put the remaining time at 0.4–0.7 of the real one, and the ETA 39 % short)."""
     reporter.check_cancel()
     reporter.emit("gptq", 0, timeline.fraction())
 

@@ -188,10 +188,7 @@ def revise(timeline: Timeline) -> None:
     timeline.estimate(
         land_start=builds * build,
         hessians=plan["gptq_samples"] * hessian_sample,
-        # Per damping tried, two plain roundings of the network, one a fold, with rounding to nearest and four
-        # output errors in float64 beside them (`gptq_gain.py`): 2.3–2.6 timed plain roundings on
-        # EfficientNet-Lite0 with one damping.
-        gains=(2.0 * plan["gptq_dampings"] + 0.5) * timeline.unit("plain_round", 3.0 * rounding)
+        gains=gains_roundings(plan["gptq_dampings"]) * timeline.unit("plain_round", 3.0 * rounding)
         if plan["gptq_gains"] else 0.0,
         land_gptq=gptq_landing,
         # Timed on a probe batch (`asymmetric.plan_stage`); until then every layer's two passes are
@@ -214,3 +211,23 @@ def revise(timeline: Timeline) -> None:
         batchnorm=plan["batchnorm_samples"] * sample + plan["batchnorm_builds"] * (build + decode),
         evaluate=2.0 * plan["holdout_samples"] * sample,
     )
+
+
+def gains_roundings(dampings: int) -> float:
+    """Plain GPTQ roundings of the network the gains stage costs, in units of the timed estimate of one
+    (`gptq_gain.py`): per damping tried, two, one a fold, with rounding to nearest and four output errors in
+    float64 beside them. With two dampings the stage took 4.5–5.4 estimated plain roundings in four runs of
+    EfficientNet-Lite0 at 8× (the estimate, from every 8th layer, reads 5–7 % under a rounding of all of them)."""
+    return 2.25 * dampings + 0.5
+
+
+def retime_roundings(timeline: Timeline, gains_seconds: float) -> None:
+    """Rescale both rounding costs (``plain_round``, and ``round`` until a landing times one) by what the gains
+    stage, whole-network roundings timed for real, says a plain rounding costs. The one-off estimate (every 8th
+    layer under H = I) came out 1.4× apart in two runs on one machine, and the ETA from the gains stage on was
+    24–42 % short of the real remaining time (EfficientNet-Lite0 ``fast`` at 8×, `bench/results/eta.md`)."""
+    timed = gains_seconds / gains_roundings(timeline.plan["gptq_dampings"])
+    estimated = timeline.unit("plain_round", 0.0)
+    if estimated > 0.0 and "round" in timeline.units:
+        timeline.measure("round", timeline.units["round"] * timed / estimated)
+    timeline.measure("plain_round", timed)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from compression_core.timeline import Timeline, plan_compression, revise
+from compression_core.timeline import Timeline, plan_compression, retime_roundings, revise
 
 
 class Clock:
@@ -112,8 +112,25 @@ def test_the_gain_measurement_is_planned_between_the_hessians_and_the_landing_an
     timeline.begin("probe")
     timeline.measure("round", 1.5)
     revise(timeline)
-    assert timeline.expected["gains"] == pytest.approx(2.5 * 3 * 1.5)  # guessed from the landing's rounding
+    assert timeline.expected["gains"] == pytest.approx(2.75 * 3 * 1.5)  # guessed from the landing's rounding
     timeline.measure("plain_round", 2.0)
     revise(timeline)
-    assert timeline.expected["gains"] == pytest.approx(2.5 * 2.0)  # two plain roundings and the scoring
+    assert timeline.expected["gains"] == pytest.approx(2.75 * 2.0)  # two plain roundings and the scoring
     assert "gains" not in _plan().order
+
+
+def test_the_gains_stage_retimes_the_roundings_that_price_the_landing():
+    """The gains stage is whole-network roundings timed for real: 1.5× the one-off estimate's time makes the
+    landing's roundings 1.5× dearer too."""
+    timeline = _plan(gptq_gains=True, gptq_dampings=2)
+    timeline.begin("probe")
+    timeline.measure("build", 0.5)
+    timeline.measure("builds", 1.0)
+    timeline.measure("round", 1.0)
+    timeline.measure("plain_round", 2.0)
+    revise(timeline)
+    assert timeline.expected["land_gptq"] == pytest.approx(3 * (0.5 + 1.0))
+    retime_roundings(timeline, gains_seconds=5.0 * 3.0)  # two dampings: 5 plain roundings, 3 s each
+    revise(timeline)
+    assert timeline.unit("plain_round", 0.0) == pytest.approx(3.0)
+    assert timeline.expected["land_gptq"] == pytest.approx(3 * (0.5 + 1.5))
