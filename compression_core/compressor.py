@@ -358,7 +358,8 @@ def compress(
             gptq_gains = measure_gains(
                 rounder, config.gptq_layer_dampings, lambda: _gains_heartbeat(reporter, timeline)
             )
-            retime_roundings(timeline, time.monotonic() - gains_started)
+            if gptq_gains:  # with no layer in both folds nothing was rounded, and nothing timed
+                retime_roundings(timeline, time.monotonic() - gains_started)
             rounder.drop_folds()
             rebalance_steps(
                 {n: t for n, _, t in state.items()},
