@@ -354,12 +354,11 @@ def compress(
         if config.gptq_gain_allocation:
             timeline.begin("gains")
             reporter.emit("gptq", 0, timeline.fraction(), message="measuring GPTQ's held-out gain per layer")
-            gains_started = time.monotonic()
             gptq_gains = measure_gains(
                 rounder, config.gptq_layer_dampings, lambda: _gains_heartbeat(reporter, timeline)
             )
             if gptq_gains:  # with no layer in both folds nothing was rounded, and nothing timed
-                retime_roundings(timeline, time.monotonic() - gains_started)
+                retime_roundings(timeline)
             rounder.drop_folds()
             rebalance_steps(
                 {n: t for n, _, t in state.items()},

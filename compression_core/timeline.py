@@ -221,11 +221,15 @@ def gains_roundings(dampings: int) -> float:
     return 2.25 * dampings + 0.5
 
 
-def retime_roundings(timeline: Timeline, gains_seconds: float) -> None:
-    """Rescale both rounding costs (``plain_round``, and ``round`` until a landing times one) by what the gains
-    stage, whole-network roundings timed for real, says a plain rounding costs. The one-off estimate (every 8th
-    layer under H = I) came out 1.4× apart in two runs on one machine, and the ETA from the gains stage on was
-    24–42 % short of the real remaining time (EfficientNet-Lite0 ``fast`` at 8×, `bench/results/eta.md`)."""
+def retime_roundings(timeline: Timeline) -> None:
+    """At the end of the gains stage (the current one), rescale both rounding costs (``plain_round``, and
+    ``round`` until a landing times one) by what that stage, whole-network roundings timed for real, says a
+    plain rounding costs. The one-off estimate (every 8th layer under H = I) came out 1.4× apart in two runs on
+    one machine, and the ETA from the gains stage on was 24–42 % short of the real remaining time
+    (EfficientNet-Lite0 ``fast`` at 8×, `bench/results/eta.md`)."""
+    if timeline.current != "gains":
+        raise RuntimeError(f"the roundings are re-timed as the gains stage ends, not in {timeline.current!r}")
+    gains_seconds = timeline.clock() - timeline.stage_started
     timed = gains_seconds / gains_roundings(timeline.plan["gptq_dampings"])
     estimated = timeline.unit("plain_round", 0.0)
     if estimated > 0.0 and "round" in timeline.units:

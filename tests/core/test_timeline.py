@@ -130,7 +130,11 @@ def test_the_gains_stage_retimes_the_roundings_that_price_the_landing():
     timeline.measure("plain_round", 2.0)
     revise(timeline)
     assert timeline.expected["land_gptq"] == pytest.approx(3 * (0.5 + 1.0))
-    retime_roundings(timeline, gains_seconds=5.0 * 3.0)  # two dampings: 5 plain roundings, 3 s each
+    with pytest.raises(RuntimeError):
+        retime_roundings(timeline)  # only the gains stage's own time says what a rounding costs
+    timeline.begin("gains")
+    timeline.clock.now += 5.0 * 3.0  # two dampings: 5 plain roundings, 3 s each
+    retime_roundings(timeline)
     revise(timeline)
     assert timeline.unit("plain_round", 0.0) == pytest.approx(3.0)
     assert timeline.expected["land_gptq"] == pytest.approx(3 * (0.5 + 1.5))
