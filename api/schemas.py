@@ -78,7 +78,7 @@ class CompressionOptions(_Strict):
     gptq_trellis: bool | None = Field(
         None,
         description="GPTQ picks trellis-coded levels (dependent quantization): about 3 % fewer bits at equal "
-        "error; the file is format version 2",
+        "error; the file is format version 2 or later",
     )
     gptq_gain_allocation: bool | None = Field(
         None,

@@ -46,7 +46,7 @@ class CompressionConfig:
     EfficientNet-Lite0, docs/method.md). ``gptq_trellis`` (on in every preset):
     GPTQ picks trellis-coded levels (dependent quantization: two interleaved grids and a 4-state machine,
     `transforms/trellis.py`), about 3.4 % fewer bits at equal error, for about twice GPTQ's rounding time;
-    such files are format version 2 (off: version 1, which older readers take).
+    such files are format version 2 or later (`docs/format.md`).
     ``gptq_gain_allocation`` (on): before GPTQ's landing, each layer's step is scaled by r^−½, r the share of
     the output error that GPTQ leaves on samples it was not fitted to (`recon/gptq_gain.py`; two folds of the
     Hessian samples; r floored at ⅕): coarser steps where the compensation is strong, finer where it is not.

@@ -3,7 +3,8 @@
 Header (32 bytes, little-endian)::
 
     0  magic            8 bytes  89 4C 32 5A 0D 0A 1A 0A  ("\\x89L2Z\\r\\n\\x1a\\n")
-    8  format version   u16      1, or 2 when a tensor's symbols are trellis-coded (docs/format.md)
+    8  format version   u16      the lowest that holds what the file uses: 1, 2 (trellis-coded symbols), 3 (binned
+                                 frequency tables); docs/format.md
     10 coder id         u8       1 = constriction queue range coder, Categorical(perfect=False)
     11 flags            u8       0 (reserved)
     12 created          i64      Unix seconds, UTC
@@ -22,9 +23,11 @@ from dataclasses import dataclass
 from compression_core.coding.errors import L2FormatError
 
 MAGIC = b"\x89L2Z\r\n\x1a\n"
-FORMAT_VERSION = 2  # the newest this library reads and writes
-# Version 2 added trellis-coded symbols; a file without them is written as version 1, which older readers take.
+FORMAT_VERSION = 3  # the newest this library reads and writes
+# Version 2 added trellis-coded symbols, version 3 binned frequency tables; a file is written with the lowest
+# version that holds what it uses, so older readers take every file that needs nothing newer.
 TRELLIS_VERSION = 2
+BINNED_TABLE_VERSION = 3
 HEADER = struct.Struct("<8sHBBqII")
 HEADER_BYTES = HEADER.size + 4
 TRAILER_BYTES = 32
@@ -80,3 +83,10 @@ def parse_header(data: bytes, supported_coder: int) -> Header:
         raise L2FormatError(f"header field manifest raw length: {mraw} bytes is implausibly large")
     crc = struct.unpack("<I", data[HEADER.size : HEADER_BYTES])[0]
     return Header(version, coder, flags, created, mbytes, mraw, crc)
+
+
+def required_version(trellis: bool, binned_tables: bool) -> int:
+    """The lowest format version that holds a file with these features."""
+    if binned_tables:
+        return BINNED_TABLE_VERSION
+    return TRELLIS_VERSION if trellis else 1

@@ -34,9 +34,10 @@ INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 @dataclass
 class TensorEntry:
     """What the manifest says about one tensor. ``levels`` is the size of the symbol range ``lo..hi``
-    (0 for an empty tensor); ``counts`` its frequency table (None when ``levels`` < 2: a single-level
-    tensor needs no payload). ``table_bytes`` and ``entry_bytes`` are measured in the uncompressed
-    manifest."""
+    (0 for an empty tensor); ``counts`` the per-symbol counts its range coder uses (None when ``levels`` < 2:
+    a single-level tensor needs no payload): the symbols' own counts, or with ``bin_bits`` > 0 the count of
+    each symbol's bin of ``2^bin_bits`` (`tables.model_counts`). ``table_bytes`` and ``entry_bytes`` are
+    measured in the uncompressed manifest."""
 
     name: str
     shape: tuple[int, ...]
@@ -54,6 +55,7 @@ class TensorEntry:
     table_bytes: int = 0
     entry_bytes: int = 0
     trellis: bool = False
+    bin_bits: int = 0
 
     @property
     def numel(self) -> int:
@@ -65,7 +67,8 @@ class TensorEntry:
 
     @property
     def used_levels(self) -> int:
-        """Distinct symbols that occur (the paper's bit-width is log2 of this)."""
+        """Distinct symbols that occur (the paper's bit-width is log2 of this); with a binned table, the
+        symbols of the bins that hold any (an upper bound)."""
         if self.counts is not None:
             return int(np.count_nonzero(self.counts))
         return self.levels
@@ -83,6 +86,7 @@ class TensorEntry:
             "mode": self.mode,
             "transform": self.kind,
             "trellis": self.trellis,
+            "table_bin_bits": self.bin_bits,
             "params": {
                 k: np.asarray(v, dtype=np.float32).reshape(-1).tolist() for k, v in self.params.items()
             },
@@ -173,7 +177,7 @@ def encode_entry(e: TensorEntry, dtype_code: int) -> bytes:
         if e.levels:
             out += uvarint(zigzag(e.lo))
         if e.levels >= 2:
-            table = encode_table(e.counts)
+            table = encode_table(e.counts, e.bin_bits)
             e.table_bytes = len(table)
             out += table
     e.entry_bytes = len(out)
@@ -267,7 +271,7 @@ def _parse_coded(cur: Cursor, e: TensorEntry, where: str) -> None:
             raise L2FormatError(f"{where}: symbol range {e.lo}..{e.hi} exceeds int32")
     if e.levels >= 2:
         start = cur.pos
-        e.counts = decode_table(cur, e.levels, e.numel, f"{where} frequency table")
+        e.counts, e.bin_bits = decode_table(cur, e.levels, e.numel, f"{where} frequency table")
         e.table_bytes = cur.pos - start
         if e.payload_bytes == 0 or e.payload_bytes % 4:
             raise L2FormatError(

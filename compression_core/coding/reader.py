@@ -21,7 +21,14 @@ import torch
 from compression_core.coding import rangecoder
 from compression_core.coding.dtypes import torch_dtype
 from compression_core.coding.errors import L2FormatError
-from compression_core.coding.layout import CHECK_BYTES, HEADER_BYTES, TRAILER_BYTES, TRELLIS_VERSION, parse_header
+from compression_core.coding.layout import (
+    BINNED_TABLE_VERSION,
+    CHECK_BYTES,
+    HEADER_BYTES,
+    TRAILER_BYTES,
+    TRELLIS_VERSION,
+    parse_header,
+)
 from compression_core.coding.manifest import Manifest, TensorEntry, parse_manifest
 from compression_core.coding.values import gather_values, tensor_crc
 from compression_core.records import ArtifactContents, CodedTensor, StoredTensor
@@ -71,6 +78,9 @@ class L2Reader:
         trellised = next((e.name for e in entries if e.trellis), None)
         if trellised is not None and header.version < TRELLIS_VERSION:
             raise L2FormatError(f"tensor {trellised!r}: trellis-coded symbols in a version {header.version} file")
+        binned = next((e.name for e in entries if e.bin_bits), None)
+        if binned is not None and header.version < BINNED_TABLE_VERSION:
+            raise L2FormatError(f"tensor {binned!r}: a binned frequency table in a version {header.version} file")
         n_checks = sum(2 if e.has_value_check else 1 for e in entries)
         checks = self._read(CHECK_BYTES * (n_checks + 1), "the checks section")
         values = struct.unpack(f"<{n_checks + 1}I", checks)

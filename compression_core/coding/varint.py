@@ -34,14 +34,27 @@ def unzigzag(value: int) -> int:
     return value >> 1 if value % 2 == 0 else -((value + 1) >> 1)
 
 
+def _lengths(v: np.ndarray) -> np.ndarray:
+    lengths = np.ones(v.size, dtype=np.int64)
+    for k in range(1, _MAX_VARINT_BYTES):
+        longer = v >= np.uint64(1) << np.uint64(7 * k)
+        if not longer.any():
+            break
+        lengths += longer
+    return lengths
+
+
+def uvarint_array_bytes(values: np.ndarray) -> int:
+    """``len(uvarint_array(values))`` without building the bytes."""
+    return int(_lengths(np.asarray(values, dtype=np.uint64).reshape(-1)).sum())
+
+
 def uvarint_array(values: np.ndarray) -> bytes:
     """Encode many non-negative integers at once (vectorised; the same bytes as joining `uvarint`)."""
     v = np.asarray(values, dtype=np.uint64).reshape(-1)
     if v.size == 0:
         return b""
-    lengths = np.ones(v.size, dtype=np.int64)
-    for k in range(1, _MAX_VARINT_BYTES):
-        lengths += v >= np.uint64(1) << np.uint64(7 * k)
+    lengths = _lengths(v)
     ends = np.cumsum(lengths)
     starts = ends - lengths
     out = np.zeros(int(ends[-1]), dtype=np.uint8)

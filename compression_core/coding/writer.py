@@ -22,9 +22,9 @@ import numpy as np
 
 from compression_core.coding import rangecoder
 from compression_core.coding.dtypes import dtype_code, itemsize
-from compression_core.coding.layout import CHECK_BYTES, HEADER_BYTES, TRAILER_BYTES, TRELLIS_VERSION, Header
+from compression_core.coding.layout import CHECK_BYTES, HEADER_BYTES, TRAILER_BYTES, Header, required_version
 from compression_core.coding.manifest import MAX_LEVELS, TensorEntry, encode_manifest
-from compression_core.coding.tables import symbol_counts
+from compression_core.coding.tables import choose_bin_bits, model_counts, symbol_counts
 from compression_core.coding.values import gather_values, tensor_crc
 from compression_core.records import ArtifactContents, CodedTensor, StoredTensor, TensorRecord
 from compression_core.transforms.levels import PARAM_NAMES
@@ -86,7 +86,9 @@ def _encode_coded(record: CodedTensor, value_check: bool) -> _Encoded:
     entry.lo, entry.levels = lo, hi - lo + 1
     payload = b""
     if entry.levels >= 2:
-        entry.counts = symbol_counts(shifted, entry.levels)
+        counts = symbol_counts(shifted, entry.levels)
+        entry.bin_bits = choose_bin_bits(counts)
+        entry.counts = model_counts(counts, entry.bin_bits)
         payload = rangecoder.encode(shifted, entry.counts)
     entry.payload_bytes = len(payload)
     entry.payload_crc = zlib.crc32(payload)
@@ -146,7 +148,7 @@ def _parts(contents: ArtifactContents, created: int | None) -> list[bytes]:
     encoded, manifest, raw_len = _encode_all(contents, value_check=True)
     checks = _checks(encoded)
     fields = Header(
-        TRELLIS_VERSION if any(e.entry.trellis for e in encoded) else 1,
+        required_version(any(e.entry.trellis for e in encoded), any(e.entry.bin_bits for e in encoded)),
         rangecoder.CODER_ID,
         0,
         int(time.time()) if created is None else created,

@@ -37,7 +37,8 @@ def test_inspect_marks_trellis_coded_tensors(tmp_path, sample_contents, capsys):
     assert not any(line.startswith("fc.weight") and "trellis" in line for line in lines)
     assert main(["inspect", str(tmp_path / "t.l2"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["version"] == 2 and [t["trellis"] for t in info["tensors"][:1]] == [True]
+    binned = any(t["table_bin_bits"] for t in info["tensors"])
+    assert info["version"] == (3 if binned else 2) and [t["trellis"] for t in info["tensors"][:1]] == [True]
 
 
 def test_inspect_json_totals_add_up(artifact, capsys):

@@ -14,7 +14,7 @@ from conftest import make_coded
 
 from compression_core.coding import L2FormatError, decode_contents, encode_l2, load_l2, read_manifest
 from compression_core.coding import values as values_module
-from compression_core.records import ArtifactContents
+from compression_core.records import ArtifactContents, CodedTensor
 
 
 @pytest.fixture
@@ -83,10 +83,10 @@ def test_foreign_files_are_refused(tmp_path, content):
 
 def test_newer_format_version_says_to_upgrade(tmp_path, sample_bytes):
     data = bytearray(sample_bytes)
-    struct.pack_into("<H", data, 8, 3)
-    (tmp_path / "v3.l2").write_bytes(data)
+    struct.pack_into("<H", data, 8, 4)
+    (tmp_path / "v4.l2").write_bytes(data)
     with pytest.raises(L2FormatError, match="upgrade"):
-        read_manifest(tmp_path / "v3.l2")
+        read_manifest(tmp_path / "v4.l2")
 
 
 def test_trellis_coded_symbols_in_a_version_1_file_are_refused(tmp_path):
@@ -95,13 +95,28 @@ def test_trellis_coded_symbols_in_a_version_1_file_are_refused(tmp_path):
     record = make_coded("fc.weight", (6, 4), "float32", "prune_quant")
     record.trellis = True
     data = bytearray(encode_l2(ArtifactContents([record]), created=0))
-    assert struct.unpack_from("<H", data, 8)[0] == 2
+    assert struct.unpack_from("<H", data, 8)[0] >= 2
     struct.pack_into("<H", data, 8, 1)
     manifest_bytes = struct.unpack_from("<I", data, 20)[0]
     crc = zlib.crc32(bytes(data[32 : 32 + manifest_bytes]), zlib.crc32(bytes(data[:28])))
     struct.pack_into("<I", data, 28, crc)
     (tmp_path / "m.l2").write_bytes(data)
     with pytest.raises(L2FormatError, match="fc.weight.*trellis-coded symbols in a version 1 file"):
+        read_manifest(tmp_path / "m.l2")
+
+
+def test_a_binned_table_in_a_version_2_file_is_refused(tmp_path):
+    """Readers of version 2 predate binned tables (format 2): a file claiming version 2 must not carry one."""
+    wide = np.random.default_rng(1).integers(-5000, 5000, size=(96,)).astype(np.int32)
+    record = CodedTensor("bn.weight", wide.shape, "float32", "linear", {"s": np.float32(0.01)}, wide)
+    data = bytearray(encode_l2(ArtifactContents([record]), created=0))
+    assert struct.unpack_from("<H", data, 8)[0] == 3
+    struct.pack_into("<H", data, 8, 2)
+    manifest_bytes = struct.unpack_from("<I", data, 20)[0]
+    crc = zlib.crc32(bytes(data[32 : 32 + manifest_bytes]), zlib.crc32(bytes(data[:28])))
+    struct.pack_into("<I", data, 28, crc)
+    (tmp_path / "m.l2").write_bytes(data)
+    with pytest.raises(L2FormatError, match="bn.weight.*binned frequency table in a version 2 file"):
         read_manifest(tmp_path / "m.l2")
 
 

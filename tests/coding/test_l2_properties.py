@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from compression_core.coding import decode_contents, encode_l2, encoded_size, load_l2
-from compression_core.coding.tables import decode_table, encode_table
+from compression_core.coding.tables import decode_table, encode_table, model_counts, table_bytes
 from compression_core.coding.varint import Cursor, uvarint, uvarint_array
 from compression_core.records import ArtifactContents, CodedTensor
 from compression_core.transforms.levels import PARAM_NAMES
@@ -74,7 +74,11 @@ def test_varint_arrays_match_scalar_varints(values):
 @given(st.lists(st.integers(0, 5000), min_size=2, max_size=300), st.integers(1, 10**6), st.integers(1, 10**6))
 def test_tables_roundtrip(middle, first, last):
     counts = np.asarray([first, *middle, last], dtype=np.int64)
-    data = encode_table(counts)
-    cur = Cursor(data)
-    assert np.array_equal(decode_table(cur, counts.size, int(counts.sum()), "t"), counts)
-    assert cur.remaining() == 0
+    for bin_bits in range(0, 11):  # exact, binned, and (from 2^9 on) one bin over the whole range
+        model = model_counts(counts, bin_bits)
+        data = encode_table(model, bin_bits)
+        assert len(data) == table_bytes(counts, bin_bits)
+        cur = Cursor(data)
+        decoded, decoded_bits = decode_table(cur, counts.size, int(counts.sum()), "t")
+        assert np.array_equal(decoded, model) and decoded_bits == bin_bits
+        assert cur.remaining() == 0

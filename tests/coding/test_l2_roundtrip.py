@@ -17,7 +17,7 @@ from conftest import (
     make_stored,
 )
 
-from compression_core.coding import decode_contents, encode_l2, encoded_size, load_l2, read_manifest, write_l2
+from compression_core.coding import decode_contents, encode_l2, encoded_size, load_l2, read_manifest, write_l2, writer
 from compression_core.records import ArtifactContents, CodedTensor
 
 
@@ -48,17 +48,41 @@ def test_trellis_coded_roundtrip_is_bit_exact(tmp_path, dtype, kind, per_channel
     plain = make_coded("b", (6,), dtype, kind)
     decoded = roundtrip(tmp_path, ArtifactContents([record, plain]))
     manifest = read_manifest(tmp_path / "m.l2")
-    assert manifest.version == 2 and [e.trellis for e in manifest.entries] == [True, False]
+    assert manifest.version >= 2 and [e.trellis for e in manifest.entries] == [True, False]
     back = decode_contents(tmp_path / "m.l2").records[0]
     assert back.trellis and np.array_equal(back.symbols.reshape(-1), record.symbols)
     assert not torch.equal(decoded["w"], roundtrip(tmp_path, ArtifactContents([make_coded(
         "w", (6, 5, 3), dtype, kind, per_channel=per_channel, scale=4.0)]))["w"]), "the flag changes the values"
 
 
-def test_files_without_trellis_symbols_stay_version_1(tmp_path, sample_contents):
-    """Readers that predate version 2 keep reading every file that does not need it."""
-    write_l2(sample_contents, tmp_path / "m.l2")
-    assert read_manifest(tmp_path / "m.l2").version == 1
+def _record(name: str, symbols: np.ndarray, trellis: bool = False) -> CodedTensor:
+    return CodedTensor(name, symbols.shape, "float32", "linear", {"s": np.float32(0.01)}, symbols, trellis)
+
+
+def test_each_file_takes_the_lowest_version_that_holds_it(tmp_path):
+    """Readers that predate a version keep reading every file that does not need it: 1 for exact tables and
+    plain symbols, 2 with trellis-coded symbols, 3 with a binned table."""
+    # a peaked histogram of many values: the exact table is the cheapest
+    narrow = np.round(np.random.default_rng(0).normal(0, 2, size=(64, 64))).astype(np.int32)
+    wide = np.random.default_rng(1).integers(-5000, 5000, size=(96,)).astype(np.int32)  # 96 values, 10k levels
+    for records, version in [
+        ([_record("w", narrow)], 1),
+        ([_record("w", narrow, trellis=True)], 2),
+        ([_record("w", narrow), _record("gamma", wide)], 3),
+    ]:
+        roundtrip(tmp_path, ArtifactContents(records))
+        manifest = read_manifest(tmp_path / "m.l2")
+        assert manifest.version == version
+        assert [e.bin_bits > 0 for e in manifest.entries] == [r.name == "gamma" for r in records]
+
+
+def test_a_wide_sparse_tensor_costs_less_with_a_binned_table(monkeypatch):
+    """96 values over ~10,000 levels: one count per level would cost more than the payload it saves."""
+    wide = np.random.default_rng(1).integers(-5000, 5000, size=(96,)).astype(np.int32)
+    contents = ArtifactContents([_record("gamma", wide)])
+    binned = encoded_size(contents)
+    monkeypatch.setattr(writer, "choose_bin_bits", lambda counts: 0)
+    assert binned < 0.9 * encoded_size(contents)
 
 
 @pytest.mark.parametrize("dtype", STORED_DTYPES)
