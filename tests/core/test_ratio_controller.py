@@ -43,7 +43,24 @@ def test_lands_in_the_window_within_a_few_builds(start_miss, slope):
     contents, size, x, builds, steps = _land(size_at, target)
     assert 0.99 * target <= size <= target
     assert contents == steps.x == pytest.approx(x, abs=1e-12), "returns the state it leaves"
-    assert len(builds) <= 5, builds
+    sizes = [size_at(b) for b in builds]
+    fitting = [s for s in sizes if 0.99 * target <= s <= target]
+    assert sizes.index(fitting[0]) < 5, sizes  # in the window within five builds, as before the refinement
+    assert size == max(fitting), "the largest size that fits wins"
+    assert len(builds) <= sizes.index(fitting[0]) + 1 + 3, sizes  # two refinements, one rebuild at most
+
+
+@pytest.mark.parametrize("start_miss", [-0.3, -0.04, 0.03, 0.25, 1.5])
+@pytest.mark.parametrize("slope", [0.15, 0.4, 1.2])
+def test_a_smooth_curve_lands_at_the_top_of_the_window(start_miss, slope):
+    """Bytes under the target are budget the weights did not get: the refinement spends all but 0.125 %."""
+    target = 1e6
+
+    def size_at(x: float) -> int:
+        return round(target * math.exp(start_miss - slope * x))
+
+    _, size, _, _, _ = _land(size_at, target)
+    assert (1.0 - 0.01 / 8) * target <= size <= target
 
 
 def test_a_curve_that_never_gets_small_enough_is_refused():
