@@ -148,6 +148,11 @@ def _numel(shape: list[int]) -> int:
     return n
 
 
+def _levels(tensor: dict) -> str:
+    """Distinct levels used; a binned table records only the bins, so its count is an upper bound."""
+    return ("≤" if tensor.get("table_bin_bits") else "") + str(tensor["levels"])
+
+
 def _tensor_table(tensors: list[dict]) -> str:
     header = ("name", "shape", "dtype", "mode", "transform", "levels", "bytes", "bits/weight")
     rows = [header]
@@ -159,7 +164,7 @@ def _tensor_table(tensors: list[dict]) -> str:
                 t["dtype"],
                 t["mode"],
                 (t["transform"] or "-") + ("+trellis" if t.get("trellis") else ""),
-                str(t["levels"]) if t["mode"] == "coded" else "-",
+                _levels(t) if t["mode"] == "coded" else "-",
                 f"{t['payload_bytes']:,}",
                 f"{t['bits_per_weight']:.3f}",
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import assert_bit_exact
@@ -11,6 +12,7 @@ from safetensors.torch import load_file
 
 from compression_core.cli import main
 from compression_core.coding import write_l2
+from compression_core.records import ArtifactContents, CodedTensor
 
 
 @pytest.fixture
@@ -39,6 +41,22 @@ def test_inspect_marks_trellis_coded_tensors(tmp_path, sample_contents, capsys):
     info = json.loads(capsys.readouterr().out)
     binned = any(t["table_bin_bits"] for t in info["tensors"])
     assert info["version"] == (3 if binned else 2) and [t["trellis"] for t in info["tensors"][:1]] == [True]
+
+
+def test_inspect_shows_a_binned_tables_level_count_as_an_upper_bound(tmp_path, capsys):
+    """A binned table records bins, not levels: the count of levels in its occupied bins is a bound."""
+    rng = np.random.default_rng(0)
+    narrow = np.round(rng.normal(0, 2, size=(64, 64))).astype(np.int32)
+    wide = rng.integers(-5000, 5000, size=(96,)).astype(np.int32)
+    records = [
+        CodedTensor(name, s.shape, "float32", "linear", {"s": np.float32(0.01)}, s)
+        for name, s in (("w", narrow), ("gamma", wide))
+    ]
+    write_l2(ArtifactContents(records), tmp_path / "b.l2")
+    assert main(["inspect", str(tmp_path / "b.l2")]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert rows["gamma"][5].startswith("≤") and int(rows["gamma"][5][1:]) >= 96
+    assert rows["w"][5] == str(np.unique(narrow).size)
 
 
 def test_inspect_json_totals_add_up(artifact, capsys):
