@@ -89,18 +89,24 @@ def test_newer_format_version_says_to_upgrade(tmp_path, sample_bytes):
         read_manifest(tmp_path / "v4.l2")
 
 
-def test_trellis_coded_symbols_in_a_version_1_file_are_refused(tmp_path):
-    """Version 1 readers predate the trellis flag: a file claiming version 1 must not carry it (the header is
-    re-signed here, so only the version-flag mismatch is wrong)."""
-    record = make_coded("fc.weight", (6, 4), "float32", "prune_quant")
-    record.trellis = True
-    data = bytearray(encode_l2(ArtifactContents([record]), created=0))
-    assert struct.unpack_from("<H", data, 8)[0] >= 2
-    struct.pack_into("<H", data, 8, 1)
+def _claiming_version(path, contents: ArtifactContents, version: int) -> int:
+    """Write ``contents`` with the header's version replaced and the header re-signed, so that only the
+    version is wrong; returns the version the writer chose."""
+    data = bytearray(encode_l2(contents, created=0))
+    written = struct.unpack_from("<H", data, 8)[0]
+    struct.pack_into("<H", data, 8, version)
     manifest_bytes = struct.unpack_from("<I", data, 20)[0]
     crc = zlib.crc32(bytes(data[32 : 32 + manifest_bytes]), zlib.crc32(bytes(data[:28])))
     struct.pack_into("<I", data, 28, crc)
-    (tmp_path / "m.l2").write_bytes(data)
+    path.write_bytes(data)
+    return written
+
+
+def test_trellis_coded_symbols_in_a_version_1_file_are_refused(tmp_path):
+    """Version 1 readers predate the trellis flag: a file claiming version 1 must not carry it."""
+    record = make_coded("fc.weight", (6, 4), "float32", "prune_quant")
+    record.trellis = True
+    assert _claiming_version(tmp_path / "m.l2", ArtifactContents([record]), 1) >= 2
     with pytest.raises(L2FormatError, match="fc.weight.*trellis-coded symbols in a version 1 file"):
         read_manifest(tmp_path / "m.l2")
 
@@ -109,13 +115,7 @@ def test_a_binned_table_in_a_version_2_file_is_refused(tmp_path):
     """Readers of version 2 predate binned tables (format 2): a file claiming version 2 must not carry one."""
     wide = np.random.default_rng(1).integers(-5000, 5000, size=(96,)).astype(np.int32)
     record = CodedTensor("bn.weight", wide.shape, "float32", "linear", {"s": np.float32(0.01)}, wide)
-    data = bytearray(encode_l2(ArtifactContents([record]), created=0))
-    assert struct.unpack_from("<H", data, 8)[0] == 3
-    struct.pack_into("<H", data, 8, 2)
-    manifest_bytes = struct.unpack_from("<I", data, 20)[0]
-    crc = zlib.crc32(bytes(data[32 : 32 + manifest_bytes]), zlib.crc32(bytes(data[:28])))
-    struct.pack_into("<I", data, 28, crc)
-    (tmp_path / "m.l2").write_bytes(data)
+    assert _claiming_version(tmp_path / "m.l2", ArtifactContents([record]), 2) == 3
     with pytest.raises(L2FormatError, match="bn.weight.*binned frequency table in a version 2 file"):
         read_manifest(tmp_path / "m.l2")
 
