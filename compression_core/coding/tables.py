@@ -52,34 +52,50 @@ def model_counts(counts: np.ndarray, bin_bits: int) -> np.ndarray:
     return np.repeat(bin_counts(np.asarray(counts, dtype=np.int64), bin_bits), 1 << bin_bits)[: len(counts)]
 
 
-def _exact_table(counts: np.ndarray) -> bytes:
-    """Format byte + body of a dense or sparse table, whichever is smaller (the dense one on ties)."""
+def _exact_layout(counts: np.ndarray) -> tuple[int, int, np.ndarray]:
+    """The dense or sparse layout, whichever is smaller (dense on ties): its format, its bytes, and the
+    indices of the non-zero counts."""
     nz = np.flatnonzero(counts)
-    if nz.size == counts.size or _dense_bytes(counts) <= _sparse_bytes(counts, nz):
+    dense = 1 + uvarint_array_bytes(counts[:-1])
+    if nz.size == counts.size:
+        return DENSE, dense, nz
+    gaps, values = np.diff(nz)[:-1] - 1, counts[nz][:-1]
+    sparse = 1 + len(uvarint(nz.size)) + uvarint_array_bytes(gaps) + uvarint_array_bytes(values)
+    return (DENSE, dense, nz) if dense <= sparse else (SPARSE, sparse, nz)
+
+
+def _exact_table(counts: np.ndarray) -> bytes:
+    """Format byte + body of the layout `_exact_layout` picks."""
+    fmt, _, nz = _exact_layout(counts)
+    if fmt == DENSE:
         return bytes([DENSE]) + uvarint_array(counts[:-1])
     return bytes([SPARSE]) + uvarint(nz.size) + uvarint_array(np.diff(nz)[:-1] - 1) + uvarint_array(counts[nz][:-1])
 
 
-def _dense_bytes(counts: np.ndarray) -> int:
-    return 1 + uvarint_array_bytes(counts[:-1])
+def _table_bytes_of_bins(bins: np.ndarray, bin_bits: int) -> int:
+    """Table bytes for ``bins`` (the symbol counts themselves when ``bin_bits`` is 0; a binned table adds its
+    format and width bytes, and needs no counts when one bin spans the range)."""
+    return (2 if bin_bits else 0) + (_exact_layout(bins)[1] if bins.size >= 2 else 0)
 
 
-def _sparse_bytes(counts: np.ndarray, nz: np.ndarray) -> int:
-    return 1 + len(uvarint(nz.size)) + uvarint_array_bytes(np.diff(nz)[:-1] - 1) + uvarint_array_bytes(counts[nz][:-1])
+def _payload_bits_of_bins(bins: np.ndarray, bin_bits: int, levels: int) -> float:
+    """Cross-entropy of the symbols when each of the ``levels`` symbols weighs its bin's count."""
+    widths = np.full(bins.size, 1 << bin_bits, dtype=np.int64)
+    widths[-1] = levels - (bins.size - 1) * (1 << bin_bits)
+    occupied = bins > 0
+    total = float((bins * widths).sum())
+    return float((bins[occupied] * np.log2(total / bins[occupied])).sum())
 
 
-def _exact_table_bytes(counts: np.ndarray) -> int:
-    nz = np.flatnonzero(counts)
-    return _dense_bytes(counts) if nz.size == counts.size else min(_dense_bytes(counts), _sparse_bytes(counts, nz))
+def _bins(counts: np.ndarray, bin_bits: int) -> np.ndarray:
+    return bin_counts(counts, bin_bits) if bin_bits else counts
 
 
 def table_bytes(counts: np.ndarray, bin_bits: int) -> int:
     """``len(encode_table(model_counts(counts, bin_bits), bin_bits))`` for symbol counts ``counts``,
     without building the bytes."""
-    if bin_bits == 0:
-        return _exact_table_bytes(counts)
-    bins = bin_counts(counts, bin_bits)
-    return 2 + (_exact_table_bytes(bins) if bins.size >= 2 else 0)
+    counts = np.asarray(counts, dtype=np.int64)
+    return _table_bytes_of_bins(_bins(counts, bin_bits), bin_bits)
 
 
 def encode_table(counts: np.ndarray, bin_bits: int = 0) -> bytes:
@@ -95,12 +111,8 @@ def encode_table(counts: np.ndarray, bin_bits: int = 0) -> bytes:
 def payload_bits(counts: np.ndarray, bin_bits: int) -> float:
     """Bits the range coder spends on symbols with these counts under the ``bin_bits`` model (its
     cross-entropy; the coder's own overhead is a few bytes either way)."""
-    bins = bin_counts(counts, bin_bits) if bin_bits else np.asarray(counts, dtype=np.int64)
-    widths = np.full(bins.size, 1 << bin_bits, dtype=np.int64)
-    widths[-1] = counts.size - (bins.size - 1) * (1 << bin_bits)
-    occupied = bins > 0
-    total = float((bins * widths).sum())
-    return float((bins[occupied] * np.log2(total / bins[occupied])).sum())
+    counts = np.asarray(counts, dtype=np.int64)
+    return _payload_bits_of_bins(_bins(counts, bin_bits), bin_bits, counts.size)
 
 
 def choose_bin_bits(counts: np.ndarray) -> int:
@@ -109,7 +121,8 @@ def choose_bin_bits(counts: np.ndarray) -> int:
     widest = min(MAX_BIN_BITS, int(counts.size - 1).bit_length())  # one bin covers the whole range
     best, best_bytes = 0, np.inf
     for bin_bits in range(widest + 1):
-        cost = payload_bits(counts, bin_bits) / 8.0 + table_bytes(counts, bin_bits)
+        bins = _bins(counts, bin_bits)  # once per width: the writer runs this on every build of a landing
+        cost = _payload_bits_of_bins(bins, bin_bits, counts.size) / 8.0 + _table_bytes_of_bins(bins, bin_bits)
         if cost < best_bytes:
             best, best_bytes = bin_bits, cost
     return best
