@@ -39,6 +39,7 @@ from compression_core.recon.bn_statistics import (
     ESTIMATED_BYTES_PER_VALUE,
     code_statistics,
     plan_statistics,
+    snap_statistics,
 )
 from compression_core.recon.budget import (
     MAX_BITS_PER_WEIGHT,
@@ -159,6 +160,10 @@ def compress(
     statistics = (
         plan_statistics(work, set(vectors), config.bn_statistics_precision) if config.bn_statistics_precision else {}
     )
+    if statistics and config.bn_statistics_grid:
+        # Before anything reads the weights: γ and β take the statistics' rounding, the function stays the same.
+        statistics = snap_statistics(work, statistics, config.bn_statistics_grid)
+    statistic_values = {name: work_sd[name] for name in statistics}
     stored_bytes = sum(
         original_sd[p.name].numel() * original_sd[p.name].element_size()
         for p in plans
@@ -290,7 +295,7 @@ def compress(
     )
 
     def finished(trellis: frozenset[str] = frozenset()) -> ArtifactContents:
-        contents = code_statistics(build_contents(state, original_sd, trellis), statistics, original_sd)
+        contents = code_statistics(build_contents(state, original_sd, trellis), statistics, statistic_values)
         layers = [layer_report(r) for r in contents.records]
         contents.metadata = {**(metadata or {}), **file_metadata(layers, target_ratio, total_original)}
         return contents

@@ -23,7 +23,9 @@ class CompressionConfig:
     name patterns (e.g. ``"classifier.*"``) to a kind, first match wins. 1-D float parameters (biases, norm
     scales) always use ``linear``; BN running statistics are coded at ``bn_statistics_precision`` × the
     precision their layer's β and γ get (`recon/bn_statistics.py`; 0 stores them exactly, as other float
-    buffers and integer tensors are).
+    buffers and integer tensors are); with ``bn_statistics_grid`` > 0 they are first moved onto a fixed grid of
+    that step in ``log var`` (and ``grid`` × the layer's RMS σ in the mean), γ and β absorbing the change, so
+    they cost a few bits a value and no output error (0: no grid).
     ``rounds`` alternations of ``transform_iters`` (transform parameters + rate term) and ``weight_iters``
     (latent weights + rate term), each iteration on one calibration batch of ``batch_size``.
     ``rate_weight`` is λ of the normalised hinge λ·ReLU(S − B)/B; ``counter_samples`` > 0 lets the soft
@@ -113,6 +115,7 @@ class CompressionConfig:
     bn_recalibration: bool | None = True
     bn_correction_chunk: int = 0
     bn_statistics_precision: float = 1.0
+    bn_statistics_grid: float = 0.125
     holdout_fraction: float = 0.2
     min_coded_numel: int = 64
     ratio_tolerance: float = 0.01
@@ -161,6 +164,7 @@ class CompressionConfig:
         need(self.block_cache_mb >= 0, "block_cache_mb", "must be ≥ 0 (0 keeps every activation on disk)")
         need(self.bn_recalibration in (None, True, False), "bn_recalibration", "true, false or null (automatic)")
         need(self.bn_statistics_precision >= 0, "bn_statistics_precision", "must be ≥ 0 (0 stores them as fp32)")
+        need(0 <= self.bn_statistics_grid <= 1, "bn_statistics_grid", "must be in [0, 1] (0: no fixed grid)")
         need(self.bn_correction_chunk >= 0, "bn_correction_chunk", "must be ≥ 0 (0 runs the 64 samples as one batch)")
         need(self.sensitivity_batches >= 1, "sensitivity_batches", "must be ≥ 1")
         need(0.0 <= self.sensitivity_exponent <= 1.0, "sensitivity_exponent", "must be in [0, 1] (½: steps ∝ 1/√h)")

@@ -12,18 +12,25 @@ var) / 2 does. The steps are therefore tied to the steps the allocation chose fo
 both times ``precision`` (< 1 spends more bits on the statistics than the layer's own β and γ get). The
 steps follow β and γ when the ratio controller rescales them, and the decoder needs nothing new: they are
 ordinary coded tensors of kinds it already knows.
+
+Four vectors describe a function of two (eval-mode BN is ``a·x + b``), so the statistics need not be precise
+at all: `snap_statistics` moves them onto a coarse fixed grid before anything is rounded and gives γ and β the
+difference (``γ' = γ σ̂ / σ``, ``β' = β + γ (μ̂ − μ) / σ``: the same function). Their coding then costs
+a few bits a value and adds no output error; only β and γ carry the layer's precision. A statistic the
+BatchNorm stage later moves off its grid is coded at its anchor's step as above.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import nn
 
 from compression_core.records import ArtifactContents, CodedTensor
+from compression_core.transforms.levels import inverse_values
 
 # The levels of one statistic never exceed this (≤ 12 bits a value): a layer whose β step is tiny must not
 # spend more on its statistics than fp32 would.
@@ -45,6 +52,8 @@ class StatisticPlan:
     kind: str
     anchor: str
     ratio: float
+    # The fixed grid's parameters (``s``, and ``a`` for "log") once `snap_statistics` has put the values on it.
+    grid: dict[str, np.ndarray] | None = None
 
 
 def plan_statistics(model: nn.Module, coded_vectors: set[str], precision: float) -> dict[str, StatisticPlan]:
@@ -68,19 +77,56 @@ def plan_statistics(model: nn.Module, coded_vectors: set[str], precision: float)
     return plans
 
 
+@torch.no_grad()
+def snap_statistics(model: nn.Module, plans: dict[str, StatisticPlan], grid: float) -> dict[str, StatisticPlan]:
+    """Put every planned layer's running statistics on a fixed grid, in place, and fold what moved into its γ
+    and β so that eval-mode outputs do not change; the plans, each with its grid. ``grid`` is the step of
+    ``log var`` (½ · ``grid`` relative precision in σ) and, times the layer's RMS σ, of the mean."""
+    snapped = dict(plans)
+    for prefix, module in model.named_modules():
+        dot = f"{prefix}." if prefix else ""
+        mean_plan, var_plan = plans.get(f"{dot}running_mean"), plans.get(f"{dot}running_var")
+        if mean_plan is None or var_plan is None:
+            continue
+        mean = module.running_mean.detach().double().cpu().numpy()
+        var = np.maximum(module.running_var.detach().double().cpu().numpy(), 0.0)
+        sigma = np.sqrt(var + module.eps)
+        var_grid = _log_grid(var, grid)
+        mean_grid = _linear_grid(mean, grid * _rms(torch.from_numpy(sigma)))
+        snapped_var = inverse_values("log", var_grid, _log_symbols(var, var_grid)).astype(np.float64)
+        snapped_mean = inverse_values("linear", mean_grid, _linear_symbols(mean, mean_grid)).astype(np.float64)
+        snapped_sigma = np.sqrt(snapped_var + module.eps)
+        gamma = module.weight.detach().double().cpu().numpy()
+        beta = module.bias.detach().double().cpu().numpy()
+        new_beta = beta + gamma * (snapped_mean - mean) / sigma
+        new_gamma = gamma * snapped_sigma / sigma
+        for tensor, value in (
+            (module.weight, new_gamma), (module.bias, new_beta),
+            (module.running_mean, snapped_mean), (module.running_var, snapped_var),
+        ):
+            tensor.copy_(torch.from_numpy(value).to(tensor.device, tensor.dtype))
+        snapped[mean_plan.name] = replace(mean_plan, grid=mean_grid)
+        snapped[var_plan.name] = replace(var_plan, grid=var_grid)
+    return snapped
+
+
 def code_statistics(
     contents: ArtifactContents,
     plans: dict[str, StatisticPlan],
     values: dict[str, torch.Tensor],
     coarsen: float = 1.0,
 ) -> ArtifactContents:
-    """The same contents with each planned statistic coded from ``values`` at the step its anchor record
-    (already in ``contents``) implies, times ``coarsen``."""
+    """The same contents with each planned statistic coded from ``values``: on its snapped grid while the value
+    still lies on it (exactly, so coding it loses nothing), else at the step its anchor record (already in
+    ``contents``) implies, times ``coarsen``."""
     anchors = {r.name: r for r in contents.records if isinstance(r, CodedTensor)}
     records = []
     for record in contents.records:
         plan = plans.get(record.name)
-        if plan is not None and plan.anchor in anchors:
+        on_grid = plan is not None and plan.grid is not None and _on_grid(plan, values[record.name])
+        if on_grid:
+            record = _grid_coded(plan, record, values[record.name])
+        elif plan is not None and plan.anchor in anchors:
             step = coarsen * plan.ratio * _rms_step(anchors[plan.anchor])
             record = _coded(plan, record, values[record.name], step)
         records.append(record)
@@ -88,25 +134,57 @@ def code_statistics(
 
 
 def _coded(plan: StatisticPlan, record, value: torch.Tensor, step: float) -> CodedTensor:
-    shape = tuple(record.shape)
-    dtype = record.dtype
     v = value.detach().cpu().double().reshape(-1).numpy()
     if plan.kind == "linear":
-        step = max(step, _span(v) / (MAX_STATISTIC_LEVELS - 1), np.finfo(np.float32).tiny)
-        s = np.float32(step)
-        symbols = np.rint(v / np.float64(s))
-        params = {"s": np.asarray(s, dtype=np.float32)}
+        grid = _linear_grid(v, step)
+        symbols = _linear_symbols(v, grid)
     else:
         v = np.maximum(v, 0.0)
-        positive = v[v > 0]
-        a = np.float32(positive.min() / _LOG_OFFSET_DIVISOR if positive.size else 1.0)
-        a = max(a, np.finfo(np.float32).tiny)
-        top = math.log1p(float(v.max()) / np.float64(a)) if v.size else 0.0
-        s = np.float32(max(step, top / (MAX_STATISTIC_LEVELS - 1), 1e-12))
-        symbols = np.rint(np.log1p(v / np.float64(a)) / np.float64(s))
-        symbols = np.where(v > 0, np.maximum(symbols, 1), 0)  # a positive variance never decodes to 0
-        params = {"a": np.asarray(a, dtype=np.float32), "s": np.asarray(s, dtype=np.float32)}
-    return CodedTensor(plan.name, shape, dtype, plan.kind, params, symbols.astype(np.int32))
+        grid = _log_grid(v, step)
+        symbols = _log_symbols(v, grid)
+    return CodedTensor(plan.name, tuple(record.shape), record.dtype, plan.kind, grid, symbols.astype(np.int32))
+
+
+def _linear_grid(values: np.ndarray, step: float) -> dict[str, np.ndarray]:
+    """The "linear" grid of step ``step``, widened to stay within `MAX_STATISTIC_LEVELS` levels."""
+    step = max(step, _span(values) / (MAX_STATISTIC_LEVELS - 1), np.finfo(np.float32).tiny)
+    return {"s": np.asarray(step, dtype=np.float32)}
+
+
+def _log_grid(var: np.ndarray, step: float) -> dict[str, np.ndarray]:
+    """The "log" grid for variances ``var`` (≥ 0): offset ``a`` below the smallest positive one, step ``step``
+    widened to stay within `MAX_STATISTIC_LEVELS` levels."""
+    positive = var[var > 0]
+    a = np.float32(positive.min() / _LOG_OFFSET_DIVISOR if positive.size else 1.0)
+    a = max(a, np.finfo(np.float32).tiny)
+    top = math.log1p(float(var.max()) / np.float64(a)) if var.size else 0.0
+    s = np.float32(max(step, top / (MAX_STATISTIC_LEVELS - 1), 1e-12))
+    return {"a": np.asarray(a, dtype=np.float32), "s": np.asarray(s, dtype=np.float32)}
+
+
+def _log_symbols(var: np.ndarray, grid: dict[str, np.ndarray]) -> np.ndarray:
+    a, s = np.float64(grid["a"]), np.float64(grid["s"])
+    symbols = np.rint(np.log1p(var / a) / s)
+    return np.where(var > 0, np.maximum(symbols, 1), 0)  # a positive variance never decodes to 0
+
+
+def _linear_symbols(values: np.ndarray, grid: dict[str, np.ndarray]) -> np.ndarray:
+    return np.rint(values / np.float64(grid["s"]))
+
+
+def _grid_symbols(plan: StatisticPlan, values: np.ndarray) -> np.ndarray:
+    return (_log_symbols if plan.kind == "log" else _linear_symbols)(values, plan.grid)
+
+
+def _on_grid(plan: StatisticPlan, value: torch.Tensor) -> bool:
+    v = value.detach().cpu().float().reshape(-1).numpy()
+    return bool(np.array_equal(inverse_values(plan.kind, plan.grid, _grid_symbols(plan, v.astype(np.float64))), v))
+
+
+def _grid_coded(plan: StatisticPlan, record, value: torch.Tensor) -> CodedTensor:
+    v = value.detach().cpu().double().reshape(-1).numpy()
+    symbols = _grid_symbols(plan, v).astype(np.int32)
+    return CodedTensor(plan.name, tuple(record.shape), record.dtype, plan.kind, dict(plan.grid), symbols)
 
 
 def _rms(t: torch.Tensor) -> float:
