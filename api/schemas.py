@@ -127,6 +127,13 @@ class CompressionOptions(_Strict):
         le=100,
         description="BatchNorm running statistics coded at this multiple of their layer's β/γ precision; 0 = fp32",
     )
+    bn_statistics_grid: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="BatchNorm running statistics moved onto a fixed grid of this step in log var (and this × the "
+        "layer's RMS σ in the mean), γ and β absorbing the change so the function is kept; 0 = no grid",
+    )
     holdout_fraction: float | None = Field(None, ge=0, lt=1)
     output_keys: list[str] | None = Field(
         None, description='named outputs the distillation distance compares, e.g. ["last_hidden_state"]; [] = all'

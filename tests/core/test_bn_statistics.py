@@ -1,5 +1,7 @@
 """BatchNorm running statistics coded at their layer's β/γ precision (`recon/bn_statistics.py`)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ from torch import nn
 from compression_core import CompressionConfig, compress
 from compression_core.coding import encode_l2, load_l2
 from compression_core.compressor import decode_state_dict
-from compression_core.recon.bn_statistics import code_statistics, plan_statistics
+from compression_core.recon.bn_statistics import code_statistics, plan_statistics, snap_statistics
 from compression_core.records import ArtifactContents, CodedTensor, StoredTensor
 
 
@@ -44,6 +46,7 @@ def test_statistics_errors_match_their_layers_beta_and_gamma_precision(precision
     bn = _bn_layer()
     model = nn.Sequential(bn)
     plans = plan_statistics(model, {"0.weight", "0.bias"}, precision)
+    assert all(plan.grid is None for plan in plans.values())
     assert {(name, p.kind) for name, p in plans.items()} == {("0.running_mean", "linear"), ("0.running_var", "log")}
     step = 0.01
     coded = code_statistics(_contents_with_anchor_steps(model, step), plans, model.state_dict())
@@ -89,3 +92,67 @@ def test_precision_zero_stores_statistics_as_fp32(digits):
     config = CompressionConfig.from_dict({"preset": "fast", "bn_statistics_precision": 0})
     result = compress(model, split.train_x[:200], 8.0, config=config)
     assert all(isinstance(r, StoredTensor) for r in result.contents.records if "running" in r.name)
+
+
+def _decoded_statistics(contents: ArtifactContents, model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k.removeprefix("0."): v for k, v in decode_state_dict(contents, model.state_dict()).items()}
+
+
+def test_snapped_statistics_keep_the_function_and_decode_exactly_in_a_few_bits():
+    bn = _bn_layer()
+    model = nn.Sequential(bn).eval()
+    original = {k: v.clone() for k, v in bn.state_dict().items()}
+    x = torch.randn(64, 96, 3, 3) * torch.sqrt(bn.running_var + 1).view(1, -1, 1, 1)
+    before = model(x)
+    grid = 0.125
+    plans = snap_statistics(model, plan_statistics(model, {"0.weight", "0.bias"}, 1.0), grid)
+    assert {p.kind for p in plans.values() if p.grid is not None} == {"linear", "log"}
+    # Eval-mode outputs unchanged: γ and β took what the statistics lost.
+    assert torch.allclose(model(x), before, atol=1e-5, rtol=1e-5)
+    # The statistics moved by at most half a grid step: σ within e^(grid/4), the mean within grid/2 · RMS σ.
+    live = original["running_var"] > 0
+    log_ratio = (bn.running_var[live].double() / original["running_var"][live].double()).log()
+    assert float(log_ratio.abs().max()) <= grid / 2 + 1e-6
+    rms_sigma = float(torch.sqrt(original["running_var"] + bn.eps).pow(2).mean().sqrt())
+    assert float((bn.running_mean - original["running_mean"]).abs().max()) <= grid / 2 * rms_sigma * 1.001
+    assert bn.running_var[0] == 0 and not torch.equal(bn.weight, original["weight"])
+    # Coded on the grid they decode bit for bit, in fewer bytes than at their anchors' step.
+    step = 0.01
+    snapped = code_statistics(_contents_with_anchor_steps(model, step), plans, model.state_dict())
+    decoded = _decoded_statistics(snapped, model)
+    for name in ("running_mean", "running_var"):
+        assert torch.equal(decoded[name], bn.state_dict()[name])
+    unsnapped = {name: replace(plan, grid=None) for name, plan in plans.items()}
+    tied = code_statistics(_contents_with_anchor_steps(model, step), unsnapped, model.state_dict())
+    assert len(encode_l2(snapped)) < len(encode_l2(tied)) - 40
+
+
+def test_a_statistic_moved_off_its_grid_is_coded_at_its_anchors_step():
+    bn = _bn_layer()
+    model = nn.Sequential(bn).eval()
+    plans = snap_statistics(model, plan_statistics(model, {"0.weight", "0.bias"}, 1.0), 0.125)
+    values = dict(model.state_dict())
+    values["0.running_mean"] = values["0.running_mean"] + 1e-3  # what the BatchNorm stage's correction does
+    step = 0.01
+    coded = code_statistics(_contents_with_anchor_steps(model, step), plans, values)
+    records = {r.name: r for r in coded.records}
+    mean_step = float(records["0.running_mean"].params["s"])
+    assert mean_step != pytest.approx(float(plans["0.running_mean"].grid["s"]))
+    decoded = _decoded_statistics(coded, model)
+    # Held at β's precision, as without a grid; the untouched variance stays exactly on its grid.
+    assert float((decoded["running_mean"] - values["0.running_mean"]).abs().max()) <= mean_step / 2 + 1e-7
+    assert torch.equal(decoded["running_var"], values["0.running_var"])
+
+
+def test_compressed_statistics_lie_on_their_grid_and_cost_less(digits):
+    model, split = digits
+    configs = {g: CompressionConfig.from_dict({"preset": "fast", "bn_statistics_grid": g}) for g in (0.0, 0.125)}
+    results = {grid: compress(model, split.train_x[:200], 8.0, config=config) for grid, config in configs.items()}
+    names = ("features.8.running_mean", "features.8.running_var")
+    sizes = {grid: sum(r.bytes for r in result.layers if r.name in names) for grid, result in results.items()}
+    assert sizes[0.125] < 0.75 * sizes[0.0]
+    gridded = results[0.125].state_dict
+    sigma = torch.sqrt(model.state_dict()["features.8.running_var"] + 1e-5)
+    # The mean sits on one grid step for the whole layer: 1/8 of its RMS σ.
+    steps = gridded["features.8.running_mean"].double() / (0.125 * float(sigma.pow(2).mean().sqrt()))
+    assert torch.allclose(steps, steps.round(), atol=1e-3)
