@@ -191,7 +191,13 @@ def _log_run(subject: str, run: peers.MethodRun) -> None:
 
 
 def bench_subject(
-    name: str, profile: dict, device: torch.device, workdir: Path, use_nncodec: bool, variants: tuple[str, ...] = ()
+    name: str,
+    profile: dict,
+    device: torch.device,
+    workdir: Path,
+    use_nncodec: bool,
+    variants: tuple[str, ...] = (),
+    seeds: tuple[int, ...] = (),
 ) -> dict:
     t_load = time.perf_counter()
     subject = bench_models.SUBJECTS[name](**profile["subjects"][name])
@@ -232,9 +238,16 @@ def bench_subject(
         for run in peers.run_nncodec(sd, list(qps), workdir):
             add(run)
     config = CompressionConfig.from_dict(profile["l2"][name])
-    configs = [("L²", config)] + [
-        (VARIANTS[v][0], CompressionConfig.from_dict({**profile["l2"][name], **VARIANTS[v][1]})) for v in variants
-    ]
+    first, *more_seeds = seeds or (config.seed,)
+    config = CompressionConfig.from_dict({**profile["l2"][name], "seed": first})
+    configs = (
+        [("L²", config)]
+        + [(f"L² (seed {s})", CompressionConfig.from_dict({**profile["l2"][name], "seed": s})) for s in more_seeds]
+        + [
+            (VARIANTS[v][0], CompressionConfig.from_dict({**profile["l2"][name], **VARIANTS[v][1], "seed": first}))
+            for v in variants
+        ]
+    )
     for method, method_config in configs:
         for target in profile["ratios"]:
             try:
@@ -300,6 +313,13 @@ def main(argv: list[str] | None = None) -> dict:
         choices=sorted(VARIANTS),
         help="extra L² rows beside the profile's configuration: presets, rounds0 (initial allocation only), "
         "uniform (a global uniform step, no learning: a peer)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="run the profile's L² configuration once per seed; the equal-accuracy headline then reads the "
+        "mean curve (variants run with the first seed)",
     )
     parser.add_argument(
         "--l2-option",
@@ -376,7 +396,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name in names:
             t0 = time.perf_counter()
             report["subjects"][name] = bench_subject(
-                name, profile, device, Path(tmp), use_nncodec, tuple(args.variants)
+                name, profile, device, Path(tmp), use_nncodec, tuple(args.variants), tuple(args.seeds or ())
             )
             report["subjects"][name]["seconds"] = round(time.perf_counter() - t0, 1)
             _write(report, args.out, started, plot=False)  # partial results survive a later failure
