@@ -632,12 +632,15 @@ def _is_coded(contents: ArtifactContents, name: str) -> bool:
 def _fit_statistics(contents, statistics, values, target_bytes: float, attempts: int = 40):
     """Code ``values``' statistics into ``contents``, coarsening their steps until the file fits the target
     again (recalibrated statistics can cost a few bytes more than the ones the size was landed with)."""
-    coarsen = 1.0
+    coarsen, previous = 1.0, None
     for _ in range(attempts):
         candidate = code_statistics(contents, statistics, values, coarsen)
         size = measure_file_bytes(candidate)
         if size <= target_bytes:
             return candidate, size
+        if size == previous:  # nothing left to coarsen (statistics on their fixed grid)
+            return None
+        previous = size
         coarsen *= 1.15
     return None
 

@@ -16,8 +16,9 @@ ordinary coded tensors of kinds it already knows.
 Four vectors describe a function of two (eval-mode BN is ``a·x + b``), so the statistics need not be precise
 at all: `snap_statistics` moves them onto a coarse fixed grid before anything is rounded and gives γ and β the
 difference (``γ' = γ σ̂ / σ``, ``β' = β + γ (μ̂ − μ) / σ``: the same function). Their coding then costs
-a few bits a value and adds no output error; only β and γ carry the layer's precision. A statistic the
-BatchNorm stage later moves off its grid is coded at its anchor's step as above.
+a few bits a value and adds no output error; only β and γ carry the layer's precision. Statistics the
+BatchNorm stage later moves off the grid are put back on it the same way when coded, the difference folded into
+the coded γ and β (rounded again at their own steps), so the file keeps its size.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class StatisticPlan:
     ratio: float
     # The fixed grid's parameters (``s``, and ``a`` for "log") once `snap_statistics` has put the values on it.
     grid: dict[str, np.ndarray] | None = None
+    eps: float = 1e-5  # the layer's own, for σ = √(var + eps)
 
 
 def plan_statistics(model: nn.Module, coded_vectors: set[str], precision: float) -> dict[str, StatisticPlan]:
@@ -72,8 +74,9 @@ def plan_statistics(model: nn.Module, coded_vectors: set[str], precision: float)
         sigma = torch.sqrt(module.running_var.detach().double() + module.eps)
         gain = _rms(gamma / sigma)
         scale = _rms(gamma)
-        plans[f"{dot}running_mean"] = StatisticPlan(f"{dot}running_mean", "linear", beta_name, precision / gain)
-        plans[f"{dot}running_var"] = StatisticPlan(f"{dot}running_var", "log", gamma_name, 2 * precision / scale)
+        mean_name, var_name, eps = f"{dot}running_mean", f"{dot}running_var", float(module.eps)
+        plans[mean_name] = StatisticPlan(mean_name, "linear", beta_name, precision / gain, eps=eps)
+        plans[var_name] = StatisticPlan(var_name, "log", gamma_name, 2 * precision / scale, eps=eps)
     return plans
 
 
@@ -88,26 +91,29 @@ def snap_statistics(model: nn.Module, plans: dict[str, StatisticPlan], grid: flo
         mean_plan, var_plan = plans.get(f"{dot}running_mean"), plans.get(f"{dot}running_var")
         if mean_plan is None or var_plan is None:
             continue
-        mean = module.running_mean.detach().double().cpu().numpy()
-        var = np.maximum(module.running_var.detach().double().cpu().numpy(), 0.0)
+        mean, var = _numpy(module.running_mean), np.maximum(_numpy(module.running_var), 0.0)
         sigma = np.sqrt(var + module.eps)
-        var_grid = _log_grid(var, grid)
-        mean_grid = _linear_grid(mean, grid * _rms(torch.from_numpy(sigma)))
-        snapped_var = inverse_values("log", var_grid, _log_symbols(var, var_grid)).astype(np.float64)
-        snapped_mean = inverse_values("linear", mean_grid, _linear_symbols(mean, mean_grid)).astype(np.float64)
-        snapped_sigma = np.sqrt(snapped_var + module.eps)
-        gamma = module.weight.detach().double().cpu().numpy()
-        beta = module.bias.detach().double().cpu().numpy()
-        new_beta = beta + gamma * (snapped_mean - mean) / sigma
-        new_gamma = gamma * snapped_sigma / sigma
-        for tensor, value in (
-            (module.weight, new_gamma), (module.bias, new_beta),
-            (module.running_mean, snapped_mean), (module.running_var, snapped_var),
-        ):
+        mean_plan = replace(mean_plan, grid=_linear_grid(mean, grid * _rms(torch.from_numpy(sigma))))
+        var_plan = replace(var_plan, grid=_log_grid(var, grid))
+        snapped_mean, snapped_var = _on_grid_values(mean_plan, mean), _on_grid_values(var_plan, var)
+        gamma, beta = _absorbed(
+            _numpy(module.weight), _numpy(module.bias), mean, var, snapped_mean, snapped_var, module.eps
+        )
+        new_values = ((module.weight, gamma), (module.bias, beta))
+        for tensor, value in (*new_values, (module.running_mean, snapped_mean), (module.running_var, snapped_var)):
             tensor.copy_(torch.from_numpy(value).to(tensor.device, tensor.dtype))
-        snapped[mean_plan.name] = replace(mean_plan, grid=mean_grid)
-        snapped[var_plan.name] = replace(var_plan, grid=var_grid)
+        snapped[mean_plan.name], snapped[var_plan.name] = mean_plan, var_plan
     return snapped
+
+
+def _absorbed(gamma, beta, mean, var, snapped_mean, snapped_var, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """γ' and β' that keep ``γ (x − μ) / σ + β`` with the snapped statistics: ``γ σ̂ / σ``, ``β + γ (μ̂ − μ) / σ``."""
+    sigma = np.sqrt(var + eps)
+    return gamma * np.sqrt(snapped_var + eps) / sigma, beta + gamma * (snapped_mean - mean) / sigma
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().double().reshape(-1).numpy()
 
 
 def code_statistics(
@@ -116,21 +122,55 @@ def code_statistics(
     values: dict[str, torch.Tensor],
     coarsen: float = 1.0,
 ) -> ArtifactContents:
-    """The same contents with each planned statistic coded from ``values``: on its snapped grid while the value
-    still lies on it (exactly, so coding it loses nothing), else at the step its anchor record (already in
-    ``contents``) implies, times ``coarsen``."""
+    """The same contents with each planned statistic coded from ``values``: on its snapped grid where it has
+    one (a layer whose ``values`` left the grid is put back on it, its coded γ and β taking the difference),
+    else at the step its anchor record (already in ``contents``) implies, times ``coarsen``."""
+    by_name = {r.name: r for r in contents.records}
+    regridded: dict[str, CodedTensor] = {}
+    for mean_plan in plans.values():
+        var_plan = plans.get(mean_plan.name.removesuffix("running_mean") + "running_var")
+        if mean_plan.kind == "linear" and mean_plan.grid is not None and var_plan is not None:
+            regridded.update(_regridded_layer(by_name, mean_plan, var_plan, values))
     anchors = {r.name: r for r in contents.records if isinstance(r, CodedTensor)}
     records = []
     for record in contents.records:
         plan = plans.get(record.name)
-        on_grid = plan is not None and plan.grid is not None and _on_grid(plan, values[record.name])
-        if on_grid:
-            record = _grid_coded(plan, record, values[record.name])
-        elif plan is not None and plan.anchor in anchors:
+        if record.name in regridded:
+            record = regridded[record.name]
+        elif plan is not None and plan.grid is None and plan.anchor in anchors:
             step = coarsen * plan.ratio * _rms_step(anchors[plan.anchor])
             record = _coded(plan, record, values[record.name], step)
         records.append(record)
     return ArtifactContents(records=records, metadata=contents.metadata)
+
+
+def _regridded_layer(
+    records: dict, mean_plan: StatisticPlan, var_plan: StatisticPlan, values: dict[str, torch.Tensor]
+) -> dict[str, CodedTensor]:
+    """One layer's statistics coded on their grids; where ``values`` lie off them, also its γ and β records
+    re-rounded (at their own steps) to keep the function the off-grid statistics gave."""
+    mean, var = _numpy(values[mean_plan.name]), np.maximum(_numpy(values[var_plan.name]), 0.0)
+    snapped_mean, snapped_var = _on_grid_values(mean_plan, mean), _on_grid_values(var_plan, var)
+    out = {plan.name: _grid_coded(plan, records[plan.name], v) for plan, v in ((mean_plan, mean), (var_plan, var))}
+    gamma_record, beta_record = records[var_plan.anchor], records[mean_plan.anchor]
+    moved = not (np.array_equal(snapped_mean, mean) and np.array_equal(snapped_var, var))
+    if moved:
+        gamma, beta = _absorbed(
+            _decoded(gamma_record), _decoded(beta_record), mean, var, snapped_mean, snapped_var, mean_plan.eps
+        )
+        out[gamma_record.name] = _rerounded(gamma_record, gamma)
+        out[beta_record.name] = _rerounded(beta_record, beta)
+    return out
+
+
+def _decoded(record: CodedTensor) -> np.ndarray:
+    return inverse_values(record.kind, record.params, record.symbols).astype(np.float64).reshape(-1)
+
+
+def _rerounded(record: CodedTensor, value: np.ndarray) -> CodedTensor:
+    """``record`` (a "linear" vector) holding ``value`` at its own step."""
+    symbols = np.rint(value / np.asarray(record.params["s"], dtype=np.float32).astype(np.float64))
+    return replace(record, symbols=symbols.astype(np.int32))
 
 
 def _coded(plan: StatisticPlan, record, value: torch.Tensor, step: float) -> CodedTensor:
@@ -176,14 +216,13 @@ def _grid_symbols(plan: StatisticPlan, values: np.ndarray) -> np.ndarray:
     return (_log_symbols if plan.kind == "log" else _linear_symbols)(values, plan.grid)
 
 
-def _on_grid(plan: StatisticPlan, value: torch.Tensor) -> bool:
-    v = value.detach().cpu().float().reshape(-1).numpy()
-    return bool(np.array_equal(inverse_values(plan.kind, plan.grid, _grid_symbols(plan, v.astype(np.float64))), v))
+def _on_grid_values(plan: StatisticPlan, values: np.ndarray) -> np.ndarray:
+    """``values`` moved to the nearest point of the plan's grid, as the decoder will produce it."""
+    return inverse_values(plan.kind, plan.grid, _grid_symbols(plan, values)).astype(np.float64)
 
 
-def _grid_coded(plan: StatisticPlan, record, value: torch.Tensor) -> CodedTensor:
-    v = value.detach().cpu().double().reshape(-1).numpy()
-    symbols = _grid_symbols(plan, v).astype(np.int32)
+def _grid_coded(plan: StatisticPlan, record, values: np.ndarray) -> CodedTensor:
+    symbols = _grid_symbols(plan, values).astype(np.int32)
     return CodedTensor(plan.name, tuple(record.shape), record.dtype, plan.kind, dict(plan.grid), symbols)
 
 

@@ -127,21 +127,36 @@ def test_snapped_statistics_keep_the_function_and_decode_exactly_in_a_few_bits()
     assert len(encode_l2(snapped)) < len(encode_l2(tied)) - 40
 
 
-def test_a_statistic_moved_off_its_grid_is_coded_at_its_anchors_step():
+def test_statistics_moved_off_their_grid_go_back_on_it_and_gamma_beta_take_the_difference():
     bn = _bn_layer()
     model = nn.Sequential(bn).eval()
     plans = snap_statistics(model, plan_statistics(model, {"0.weight", "0.bias"}, 1.0), 0.125)
-    values = dict(model.state_dict())
-    values["0.running_mean"] = values["0.running_mean"] + 1e-3  # what the BatchNorm stage's correction does
     step = 0.01
-    coded = code_statistics(_contents_with_anchor_steps(model, step), plans, values)
+    contents = _contents_with_anchor_steps(model, step)
+    decoded = _decoded_statistics(contents, model)  # γ and β as the file holds them
+    # What the BatchNorm stage does: the means corrected, the variances re-estimated.
+    moved = dict(model.state_dict())
+    moved["0.running_mean"] = moved["0.running_mean"] + 0.37 * torch.randn(96)
+    moved["0.running_var"] = moved["0.running_var"] * torch.exp(0.2 * torch.randn(96))
+    coded = code_statistics(contents, plans, moved)
     records = {r.name: r for r in coded.records}
-    mean_step = float(records["0.running_mean"].params["s"])
-    assert mean_step != pytest.approx(float(plans["0.running_mean"].grid["s"]))
-    decoded = _decoded_statistics(coded, model)
-    # Held at β's precision, as without a grid; the untouched variance stays exactly on its grid.
-    assert float((decoded["running_mean"] - values["0.running_mean"]).abs().max()) <= mean_step / 2 + 1e-7
-    assert torch.equal(decoded["running_var"], values["0.running_var"])
+    for name in ("0.running_mean", "0.running_var"):
+        assert records[name].params == plans[name].grid  # back on the grid: a few bits a value
+    after = _decoded_statistics(coded, model)
+    assert not torch.equal(after["running_mean"], moved["0.running_mean"])
+
+    def affine(v: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = v["weight"].double() / torch.sqrt(v["running_var"].double() + bn.eps)
+        return scale, v["bias"].double() - scale * v["running_mean"].double()
+
+    wanted = affine({**decoded, "running_mean": moved["0.running_mean"], "running_var": moved["0.running_var"]})
+    got = affine(after)
+    # The function the moved statistics gave, to within γ's and β's own rounding (half a step each).
+    live = moved["0.running_var"] > 0
+    scale_error = (got[0] - wanted[0]).abs() * torch.sqrt(after["running_var"].double() + bn.eps)
+    assert float(scale_error[live].max()) <= step / 2 + 1e-6
+    shift_error = (got[1] - wanted[1]) + (got[0] - wanted[0]) * after["running_mean"].double()
+    assert float(shift_error[live].abs().max()) <= step / 2 + 1e-6
 
 
 def test_compressed_statistics_lie_on_their_grid_and_cost_less(digits):
