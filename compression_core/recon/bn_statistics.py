@@ -84,7 +84,7 @@ def plan_statistics(model: nn.Module, coded_vectors: set[str], precision: float)
 def snap_statistics(model: nn.Module, plans: dict[str, StatisticPlan], grid: float) -> dict[str, StatisticPlan]:
     """Put every planned layer's running statistics on a fixed grid, in place, and fold what moved into its γ
     and β so that eval-mode outputs do not change; the plans, each with its grid. ``grid`` is the step of
-    ``log var`` (½ · ``grid`` relative precision in σ) and, times the layer's RMS σ, of the mean."""
+    ``log var`` (σ within a factor e^(grid/4)) and, times the layer's RMS σ, of the mean."""
     snapped = dict(plans)
     for prefix, module in model.named_modules():
         dot = f"{prefix}." if prefix else ""
