@@ -42,6 +42,8 @@ ESTIMATED_BYTES_PER_VALUE = 1.25
 # Smallest variance representable apart from 0 is ``a · expm1(s)``; ``a`` sits this far below the smallest
 # positive variance, so the smallest ones keep nearly the relative precision of the largest.
 _LOG_OFFSET_DIVISOR = 8.0
+# How much wider a γ or β may get when it absorbs statistics moved off their grid (else they are coded as before).
+_MAX_SPAN_GROWTH = 4
 
 
 @dataclass(frozen=True)
@@ -130,14 +132,14 @@ def code_statistics(
     for mean_plan in plans.values():
         var_plan = plans.get(mean_plan.name.removesuffix("running_mean") + "running_var")
         if mean_plan.kind == "linear" and mean_plan.grid is not None and var_plan is not None:
-            regridded.update(_regridded_layer(by_name, mean_plan, var_plan, values))
+            regridded.update(_regridded_layer(by_name, mean_plan, var_plan, values) or {})
     anchors = {r.name: r for r in contents.records if isinstance(r, CodedTensor)}
     records = []
     for record in contents.records:
         plan = plans.get(record.name)
         if record.name in regridded:
             record = regridded[record.name]
-        elif plan is not None and plan.grid is None and plan.anchor in anchors:
+        elif plan is not None and plan.anchor in anchors:  # no grid, or a layer γ and β could not absorb
             step = coarsen * plan.ratio * _rms_step(anchors[plan.anchor])
             record = _coded(plan, record, values[record.name], step)
         records.append(record)
@@ -148,7 +150,9 @@ def _regridded_layer(
     records: dict, mean_plan: StatisticPlan, var_plan: StatisticPlan, values: dict[str, torch.Tensor]
 ) -> dict[str, CodedTensor]:
     """One layer's statistics coded on their grids; where ``values`` lie off them, also its γ and β records
-    re-rounded (at their own steps) to keep the function the off-grid statistics gave."""
+    re-rounded (at their own steps) to keep the function the off-grid statistics gave. None when γ and β cannot
+    take it within a few times their own range (e.g. a re-estimated variance near 0 makes γ(μ̂ − μ)/σ explode):
+    the statistics are then coded at their anchors' steps."""
     mean, var = _numpy(values[mean_plan.name]), np.maximum(_numpy(values[var_plan.name]), 0.0)
     snapped_mean, snapped_var = _on_grid_values(mean_plan, mean), _on_grid_values(var_plan, var)
     out = {plan.name: _grid_coded(plan, records[plan.name], v) for plan, v in ((mean_plan, mean), (var_plan, var))}
@@ -158,8 +162,11 @@ def _regridded_layer(
         gamma, beta = _absorbed(
             _decoded(gamma_record), _decoded(beta_record), mean, var, snapped_mean, snapped_var, mean_plan.eps
         )
-        out[gamma_record.name] = _rerounded(gamma_record, gamma)
-        out[beta_record.name] = _rerounded(beta_record, beta)
+        for record, value in ((gamma_record, gamma), (beta_record, beta)):
+            rerounded = _rerounded(record, value)
+            if rerounded is None:
+                return None
+            out[record.name] = rerounded
     return out
 
 
@@ -168,8 +175,14 @@ def _decoded(record: CodedTensor) -> np.ndarray:
 
 
 def _rerounded(record: CodedTensor, value: np.ndarray) -> CodedTensor:
-    """``record`` (a "linear" vector) holding ``value`` at its own step."""
+    """``record`` (a "linear" vector) holding ``value`` at its own step; None when ``value`` is not finite or
+    would span more than `_MAX_SPAN_GROWTH` times the record's levels."""
     symbols = np.rint(value / np.asarray(record.params["s"], dtype=np.float32).astype(np.float64))
+    old_span = int(record.symbols.max() - record.symbols.min()) + 1 if record.symbols.size else 1
+    if not np.isfinite(symbols).all():
+        return None
+    if symbols.size and symbols.max() - symbols.min() + 1 > _MAX_SPAN_GROWTH * old_span:
+        return None
     return replace(record, symbols=symbols.astype(np.int32))
 
 

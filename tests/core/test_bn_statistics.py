@@ -171,3 +171,23 @@ def test_compressed_statistics_lie_on_their_grid_and_cost_less(digits):
     # The mean sits on one grid step for the whole layer: 1/8 of its RMS σ.
     steps = gridded["features.8.running_mean"].double() / (0.125 * float(sigma.pow(2).mean().sqrt()))
     assert torch.allclose(steps, steps.round(), atol=1e-3)
+
+
+def test_statistics_gamma_and_beta_cannot_absorb_are_coded_at_their_anchors_step():
+    bn = _bn_layer()
+    model = nn.Sequential(bn).eval()
+    plans = snap_statistics(model, plan_statistics(model, {"0.weight", "0.bias"}, 1.0), 0.125)
+    contents = _contents_with_anchor_steps(model, 0.01)
+    # A re-estimated variance of 0 (a channel the decoded network never excites) with a moved mean: γ(μ̂ − μ)/σ
+    # over σ = √eps would blow β far beyond its range.
+    moved = dict(model.state_dict())
+    moved["0.running_var"] = torch.zeros(96)
+    moved["0.running_mean"] = moved["0.running_mean"] + 0.37
+    coded = code_statistics(contents, plans, moved)
+    records = {r.name: r for r in coded.records}
+    assert records["0.running_mean"].params != plans["0.running_mean"].grid
+    assert np.array_equal(records["0.bias"].symbols, {r.name: r for r in contents.records}["0.bias"].symbols)
+    decoded = _decoded_statistics(coded, model)
+    mean_step = float(records["0.running_mean"].params["s"])
+    assert float((decoded["running_mean"] - moved["0.running_mean"]).abs().max()) <= mean_step
+    assert torch.equal(decoded["running_var"], torch.zeros(96))
