@@ -60,7 +60,7 @@ def seed_points(runs: list[dict], panel: str, metric: str) -> dict[str, list[dic
 
 def mean_points(curves: list[list[dict]]) -> list[dict]:
     """One curve from several seeds' curves: at each target (setting) measured by every seed, the mean ratio
-    and the mean score; ``seeds`` says how many."""
+    and the mean score."""
     by_setting: dict[str, list[dict]] = {}
     for curve in curves:
         for p in curve:
@@ -70,7 +70,6 @@ def mean_points(curves: list[list[dict]]) -> list[dict]:
             "ratio": sum(p["ratio"] for p in group) / len(group),
             "score": sum(p["score"] for p in group) / len(group),
             "setting": setting,
-            "seeds": len(group),
         }
         for setting, group in by_setting.items()
         if len(group) == len(curves)

@@ -97,7 +97,8 @@ def snap_statistics(model: nn.Module, plans: dict[str, StatisticPlan], grid: flo
         sigma = np.sqrt(var + module.eps)
         mean_plan = replace(mean_plan, grid=_linear_grid(mean, grid * _rms(torch.from_numpy(sigma))))
         var_plan = replace(var_plan, grid=_log_grid(var, grid))
-        snapped_mean, snapped_var = _on_grid_values(mean_plan, mean), _on_grid_values(var_plan, var)
+        snapped_mean = _grid_values(mean_plan, _grid_symbols(mean_plan, mean))
+        snapped_var = _grid_values(var_plan, _grid_symbols(var_plan, var))
         gamma, beta = _absorbed(
             _numpy(module.weight), _numpy(module.bias), mean, var, snapped_mean, snapped_var, module.eps
         )
@@ -154,8 +155,12 @@ def _regridded_layer(
     take it within a few times their own range (e.g. a re-estimated variance near 0 makes γ(μ̂ − μ)/σ explode):
     the statistics are then coded at their anchors' steps."""
     mean, var = _numpy(values[mean_plan.name]), np.maximum(_numpy(values[var_plan.name]), 0.0)
-    snapped_mean, snapped_var = _on_grid_values(mean_plan, mean), _on_grid_values(var_plan, var)
-    out = {plan.name: _grid_coded(plan, records[plan.name], v) for plan, v in ((mean_plan, mean), (var_plan, var))}
+    mean_symbols, var_symbols = _grid_symbols(mean_plan, mean), _grid_symbols(var_plan, var)
+    snapped_mean, snapped_var = _grid_values(mean_plan, mean_symbols), _grid_values(var_plan, var_symbols)
+    out = {
+        plan.name: _grid_coded(plan, records[plan.name], symbols)
+        for plan, symbols in ((mean_plan, mean_symbols), (var_plan, var_symbols))
+    }
     gamma_record, beta_record = records[var_plan.anchor], records[mean_plan.anchor]
     moved = not (np.array_equal(snapped_mean, mean) and np.array_equal(snapped_var, var))
     if moved:
@@ -187,7 +192,7 @@ def _rerounded(record: CodedTensor, value: np.ndarray) -> CodedTensor:
 
 
 def _coded(plan: StatisticPlan, record, value: torch.Tensor, step: float) -> CodedTensor:
-    v = value.detach().cpu().double().reshape(-1).numpy()
+    v = _numpy(value)
     if plan.kind == "linear":
         grid = _linear_grid(v, step)
         symbols = _linear_symbols(v, grid)
@@ -229,13 +234,13 @@ def _grid_symbols(plan: StatisticPlan, values: np.ndarray) -> np.ndarray:
     return (_log_symbols if plan.kind == "log" else _linear_symbols)(values, plan.grid)
 
 
-def _on_grid_values(plan: StatisticPlan, values: np.ndarray) -> np.ndarray:
-    """``values`` moved to the nearest point of the plan's grid, as the decoder will produce it."""
-    return inverse_values(plan.kind, plan.grid, _grid_symbols(plan, values)).astype(np.float64)
+def _grid_values(plan: StatisticPlan, symbols: np.ndarray) -> np.ndarray:
+    """The values ``symbols`` stand for on the plan's grid, as the decoder will produce them."""
+    return inverse_values(plan.kind, plan.grid, symbols).astype(np.float64)
 
 
-def _grid_coded(plan: StatisticPlan, record, values: np.ndarray) -> CodedTensor:
-    symbols = _grid_symbols(plan, values).astype(np.int32)
+def _grid_coded(plan: StatisticPlan, record, symbols: np.ndarray) -> CodedTensor:
+    symbols = symbols.astype(np.int32)
     return CodedTensor(plan.name, tuple(record.shape), record.dtype, plan.kind, dict(plan.grid), symbols)
 
 
